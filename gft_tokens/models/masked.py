@@ -83,6 +83,7 @@ class MaskedConfig(PretrainedConfig):
         grid_size: int = 16,
         beta_embed: bool = True,
         beta_freq_dim: int = 256,
+        pos_init: str = "normal",
         preset: str | None = None,
         tokenizer: dict | None = None,
         **kwargs,
@@ -95,6 +96,7 @@ class MaskedConfig(PretrainedConfig):
         self.mask_ratio_min, self.mask_ratio_std = float(mask_ratio_min), float(mask_ratio_std)
         self.num_classes, self.vocab_size, self.grid_size = int(num_classes), int(vocab_size), int(grid_size)
         self.beta_embed, self.beta_freq_dim = bool(beta_embed), int(beta_freq_dim)
+        self.pos_init = str(pos_init)
         self.preset = preset
         self.tokenizer = tokenizer  # what the model was trained with (type, codebook_size, grid_size, ...)
         super().__init__(**kwargs)
@@ -108,6 +110,10 @@ class MaskedConfig(PretrainedConfig):
             raise GFTError(f"mask_ratio_min must lie in (0, 1], got {self.mask_ratio_min}")
         if not self.mask_ratio_std > 0.0:
             raise GFTError(f"mask_ratio_std must be positive, got {self.mask_ratio_std}")
+        if self.pos_init not in ("normal", "sincos"):
+            raise GFTError(f"pos_init must be 'normal' or 'sincos', got {self.pos_init!r}")
+        if self.pos_init == "sincos" and (self.encoder_dim % 4 or self.decoder_dim % 4):
+            raise GFTError("pos_init 'sincos' needs encoder_dim and decoder_dim divisible by 4")
         for name in ("attn_dropout", "proj_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise GFTError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
@@ -178,6 +184,39 @@ def check_mask(mask, batch: int, seq_len: int) -> int:
 # -----------------------------------------------------------------------------------------------------------------
 # Blocks
 # -----------------------------------------------------------------------------------------------------------------
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """MAE's fixed 2D sin-cos table (grid², dim): first half of the channels from the row, second from the column."""
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    pos = torch.arange(grid, dtype=torch.float64)[:, None] * omega  # (grid, dim/4)
+    axis = torch.cat([torch.sin(pos), torch.cos(pos)], dim=1)  # (grid, dim/2)
+    rows = axis[:, None, :].expand(grid, grid, -1)
+    cols = axis[None, :, :].expand(grid, grid, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim).float()
+
+
+class PositionEmbedding(Embedding):
+    """Learned positions, ``buffer`` rows then ``grid²`` rows in raster order.
+
+    Initialised N(0, std²) as MAR's (``"normal"``), or — ``"sincos"`` — with the grid rows set to MAE's 2D sin-cos
+    table scaled to the same std: still learned, but starting with nearby positions alike, which small models
+    trained for minutes need to use their neighbours early.
+    """
+
+    def __init__(self, buffer: int, grid: int, dim: int, std: float, init: str):
+        object.__setattr__(self, "buffer", buffer)
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "init_mode", init)
+        super().__init__(buffer + grid * grid, dim, std=std)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.init_mode == "sincos":
+            with torch.no_grad():
+                table = sincos_2d(self.grid, self.embedding_dim) * (self.init_std * math.sqrt(2.0))  # RMS = std
+                self.weight[self.buffer:] = table.to(self.weight.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, attn_dropout: float, proj_dropout: float, std: float):
         super().__init__()
@@ -231,17 +270,17 @@ class MaskedTokenModel(GFTPreTrainedModel):
     def __init__(self, config: MaskedConfig):
         super().__init__(config)
         c = config
-        std, enc, dec, positions = c.initializer_range, c.encoder_dim, c.decoder_dim, c.buffer_size + c.seq_len
+        std, enc, dec = c.initializer_range, c.encoder_dim, c.decoder_dim
         self.class_emb = ClassEmbedder(c.num_classes, enc, std=std)
         self.beta_embedder = BetaEmbedder(enc, c.beta_freq_dim, std=std) if c.beta_embed else None
         self.tok_embeddings = Embedding(c.vocab_size, enc, std=std)
-        self.encoder_pos_embed = Embedding(positions, enc, std=std)
+        self.encoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, enc, std, c.pos_init)
         self.z_proj_ln = nn.LayerNorm(enc, eps=c.norm_eps)
         self.encoder_blocks = nn.ModuleList([Block(enc, c.encoder_heads, c) for _ in range(c.encoder_depth)])
         self.encoder_norm = nn.LayerNorm(enc, eps=c.norm_eps)
         self.decoder_embed = Linear(enc, dec, bias=True, std=std)
         self.mask_token = Embedding(1, dec, std=std)
-        self.decoder_pos_embed = Embedding(positions, dec, std=std)
+        self.decoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, dec, std, c.pos_init)
         self.decoder_blocks = nn.ModuleList([Block(dec, c.decoder_heads, c) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dec, eps=c.norm_eps)
         self.output = OutputHead(dec, c.vocab_size, zero_init=True)
