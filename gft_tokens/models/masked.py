@@ -44,18 +44,21 @@ from ..nn import Embedding, Linear, OutputHead
 from ..objectives import HeadInputs
 from ..tokenizers.vq import check_codes
 
+_CPU = dict(pos_init="sincos", attn_dropout=0.0, proj_dropout=0.0)
+
 # MAR's sizes (LTH14/mar, models/mar.py: mar_base/large/huge; encoder and decoder alike) and small CPU sizes.
 PRESETS: dict[str, dict] = {
     "MAR-B": dict(encoder_dim=768, encoder_depth=12, encoder_heads=12, decoder_dim=768, decoder_depth=12, decoder_heads=12),
     "MAR-L": dict(encoder_dim=1024, encoder_depth=16, encoder_heads=16, decoder_dim=1024, decoder_depth=16, decoder_heads=16),
     "MAR-H": dict(encoder_dim=1280, encoder_depth=20, encoder_heads=16, decoder_dim=1280, decoder_depth=20, decoder_heads=16),
-    # CPU sizes: MAR's shape at a few hundred thousand to a few million parameters.
+    # CPU sizes: MAR's shape at a few hundred thousand to a few million parameters. Trained for minutes, not
+    # hundreds of epochs, they start from sin-cos positions and use no dropout.
     "MAR-nano": dict(encoder_dim=64, encoder_depth=1, encoder_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=2,
-                     buffer_size=4),
+                     buffer_size=4, **_CPU),
     "MAR-tiny": dict(encoder_dim=128, encoder_depth=2, encoder_heads=4, decoder_dim=128, decoder_depth=2, decoder_heads=4,
-                     buffer_size=8),
+                     buffer_size=8, **_CPU),
     "MAR-small": dict(encoder_dim=192, encoder_depth=3, encoder_heads=6, decoder_dim=192, decoder_depth=3,
-                      decoder_heads=6, buffer_size=16),
+                      decoder_heads=6, buffer_size=16, **_CPU),
 }
 
 
