@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import SHIPPED_VQ, run_script, script_main
 from gft_tokens import GFTError
 from gft_tokens.models import build_model, load_model
-from gft_tokens.models.masked import PRESETS, MaskedTokenModel, draw_mask_ratio, draw_training_mask, masked_config
+from gft_tokens.models.masked import (PRESETS, MaskedTokenModel, draw_mask_ratio, draw_training_mask, masked_config,
+                                      sincos_2d)
 from gft_tokens.objectives import cfg_loss, gft_loss
 from gft_tokens.sampling import sample_codes
 from gft_tokens.sampling.masked import guidance_scale, masked_after_step, sample
@@ -61,6 +62,20 @@ def test_unknown_preset_and_bad_config():
         masked_config("MAR-nano", buffer_size=0)
     with pytest.raises(GFTError, match="mask_ratio_min"):
         masked_config("MAR-nano", mask_ratio_min=1.5)
+    with pytest.raises(GFTError, match="pos_init must be"):
+        masked_config("MAR-nano", pos_init="rope")
+
+
+def test_sincos_positions_start_from_maes_table_and_stay_learned():
+    m = build_model("masked", "MAR-nano", vocab_size=V, grid_size=G, num_classes=10)
+    table = m.encoder_pos_embed.weight[4:]  # MAR-nano: 4 buffer rows, then the 4x4 grid in raster order
+    ref = sincos_2d(G, 64)
+    assert torch.allclose(table / table.pow(2).mean().sqrt(), ref / ref.pow(2).mean().sqrt(), atol=1e-5)
+    assert ref[1, :32].equal(ref[0, :32]) and not ref[1, 32:].equal(ref[0, 32:])  # same row, next column
+    assert torch.allclose(table.pow(2).mean().sqrt(), torch.tensor(0.02), rtol=1e-3)  # the normal init's RMS
+    assert m.encoder_pos_embed.weight.requires_grad
+    normal = build_model("masked", "MAR-nano", vocab_size=V, grid_size=G, num_classes=10, pos_init="normal")
+    assert not torch.allclose(normal.encoder_pos_embed.weight[4:] / 0.02, ref, atol=0.5)
 
 
 def test_fresh_model_zero_head_and_beta_embedding_and_roundtrip(tmp_path):
