@@ -124,7 +124,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--quick", action="store_true", help="smaller batch and one repeat: under a minute on a CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--steps", type=int, default=64, help="--model masked: decoding steps (default: 64, MAR's)")
+    p.add_argument("--steps", type=int, default=16,
+                   help="--model masked: decoding steps (default: 16, as generate.py; MAR samples with 64-256)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
