@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from ..errors import GFTError
 from ..io import read_config_dict
+from .llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .vq import VQConfig, VQTokenizer
 
-TOKENIZER_CLASSES = {VQConfig.model_type: VQTokenizer}
+TOKENIZER_CLASSES = {VQConfig.model_type: VQTokenizer, LlamaGenVQConfig.model_type: LlamaGenVQ}
 
 
 def register_tokenizer(cls) -> None:
@@ -30,4 +31,4 @@ def load_tokenizer(path, map_location="cpu"):
     return TOKENIZER_CLASSES[model_type].from_pretrained(path, map_location=map_location)
 
 
-__all__ = ["VQConfig", "VQTokenizer", "load_tokenizer", "register_tokenizer"]
+__all__ = ["LlamaGenVQ", "LlamaGenVQConfig", "VQConfig", "VQTokenizer", "load_tokenizer", "register_tokenizer"]
