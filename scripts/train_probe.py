@@ -4,7 +4,7 @@
     python scripts/train_probe.py                        # reproduces the shipped tokenizers/shapes-probe
     python scripts/train_probe.py --out /tmp/probe --steps 300
 
-Deterministic for a seed (and a thread count); about a minute on a 2-core CPU, most of it rendering the data.
+Deterministic for a seed (and a thread count); about 1.5 minutes on a 2-core CPU (90 s measured: 82 s training, 8 s rendering).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The probe: a small CNN that classifies the embedded shapes data and gives the features the metrics use.
 
-It is trained (``scripts/train_probe.py``, about a minute on a CPU, deterministic for a seed) on its own split of
+It is trained (``scripts/train_probe.py``, about 1.5 minutes on a 2-core CPU, deterministic for a seed) on its own split of
 the shapes data — a seed that neither the generators' training split (0) nor the held-out split uses — to
 predict the class, and, as an auxiliary regression, the shape's position, size, colour and background colour.
 The auxiliary targets make the 128-wide penultimate layer (the *features*) carry the within-class variation a
@@ -140,7 +140,7 @@ def aux_targets(ds: ShapesDataset, indices) -> torch.Tensor:
     rows = []
     for i in indices:
         p = ds.params(i)
-        rows.append([p.cx / 0.5, p.cy / 0.5, (p.radius - 0.54) / 0.16, *(2 * v - 1 for v in p.fg),
+        rows.append([p.cx / 0.5, p.cy / 0.5, (p.radius - 0.60) / 0.15, *(2 * v - 1 for v in p.fg),
                      *(4 * v - 1 for v in p.bg)])
     return torch.tensor(rows, dtype=torch.float32)
 
