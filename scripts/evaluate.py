@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
                    help=f"held-out images in the embedded reference (default: {DEFAULT_REF_SIZE})")
     p.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
-    p.add_argument("--is-splits", type=int, default=10, help="splits of the Inception Score (default: 10)")
+    p.add_argument("--is-splits", type=int, default=10, help="random parts of the Inception Score, at most one per 100 samples (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the precision/recall subsets (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object (last line) instead of a summary")
     args = p.parse_args(argv)

@@ -7,8 +7,8 @@
 #   bash scripts/experiment_gft_vs_cfg.sh
 #
 # Environment overrides (defaults in brackets): PYTHON [python], MODEL [llamagen], OUT [runs/gft_vs_cfg],
-# DOCS [docs/gft_vs_cfg], PRESET [GPT-tiny], STEPS [1500], FT_STEPS [STEPS/20], FT_LR [3e-4], BATCH [64],
-# LR [1e-3], TRAIN_IMAGES [10000], N_PER_CLASS [100], SEED [0].
+# DOCS [docs/gft_vs_cfg], PRESET [GPT-tiny], STEPS [2000], FT_STEPS [STEPS/20], FT_LR [1e-3], BATCH [64],
+# LR [2e-3], TRAIN_IMAGES [10000], N_PER_CLASS [100], SEED [0].
 # A finished phase leaves <run>/DONE and is skipped when the script runs again; the sweep resumes too.
 set -euo pipefail
 
@@ -17,11 +17,11 @@ MODEL=${MODEL:-llamagen}
 OUT=${OUT:-runs/gft_vs_cfg}
 DOCS=${DOCS:-docs/gft_vs_cfg}
 PRESET=${PRESET:-GPT-tiny}
-STEPS=${STEPS:-1500}
+STEPS=${STEPS:-2000}
 FT_STEPS=${FT_STEPS:-$((STEPS / 20))}
-FT_LR=${FT_LR:-3e-4}
+FT_LR=${FT_LR:-1e-3}
 BATCH=${BATCH:-64}
-LR=${LR:-1e-3}
+LR=${LR:-2e-3}
 TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
 N_PER_CLASS=${N_PER_CLASS:-100}
 SEED=${SEED:-0}

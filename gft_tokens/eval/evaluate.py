@@ -25,6 +25,7 @@ from .features import FeatureExtractor, extract_all
 
 REFERENCE_VERSION = 1  # bump when the way reference features are computed changes
 DEFAULT_REF_SIZE = 5000
+IS_MIN_PER_SPLIT = 100  # at most n // 100 parts for the inception score
 FID_MIN_PER_DIM = 4  # warn below 4·D samples (e.g. 512 for the probe's 128 features)
 FID_MIN_SAMPLES = 500
 
@@ -175,8 +176,8 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, extractor: Fe
     result = {"n": n, "fid": fid, "is": None, "is_std": None, "precision": precision, "recall": recall, "k": k,
               "class_accuracy": None, "per_class_accuracy": None}
     if probs is not None:
-        splits = min(is_splits, n)
-        result["is"], result["is_std"] = M.inception_score(probs, splits)
+        splits = max(1, min(is_splits, n // IS_MIN_PER_SPLIT))  # small parts bias IS downwards
+        result["is"], result["is_std"] = M.inception_score(probs, splits, seed)
         if labels is not None:
             result["class_accuracy"] = M.class_accuracy(probs, labels)
             result["per_class_accuracy"] = M.per_class_accuracy(probs, labels, probs.shape[1])
