@@ -1,0 +1,186 @@
+"""Evaluate a set of generated images against reference statistics: the numbers ``scripts/evaluate.py`` prints.
+
+The reference is the held-out split of the embedded shapes data (:func:`shapes_reference`) or any set of real
+images in an ``.npz`` (:func:`images_reference`). Its features are computed once per extractor and cached in
+``$GFT_TOKENS_CACHE/eval`` (default ``~/.cache/gft_tokens/eval``), keyed by the extractor's fingerprint and the
+data's parameters (or the file's hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save
+
+from ..data.codes import cache_dir
+from ..data.shapes import SUPPORTED_SIZES, heldout
+from ..errors import GFTError
+from ..io import atomic_file
+from . import metrics as M
+from .features import FeatureExtractor, extract_all
+
+REFERENCE_VERSION = 1  # bump when the way reference features are computed changes
+DEFAULT_REF_SIZE = 5000
+IS_MIN_PER_SPLIT = 100  # at most n // 100 parts for the inception score
+FID_MIN_PER_DIM = 4  # warn below 4·D samples (e.g. 512 for the probe's 128 features)
+FID_MIN_SAMPLES = 500
+
+
+@dataclass
+class Reference:
+    features: np.ndarray  # (M, D)
+    probs: np.ndarray | None  # (M, K)
+    labels: np.ndarray | None  # (M,)
+    stats: M.GaussianStats
+    image_size: int
+    description: dict = field(default_factory=dict)
+
+
+def _cached_reference(key: str, compute) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    path = cache_dir() / "eval" / f"ref-{key}.safetensors"
+    if path.is_file():
+        try:
+            data = load_file(str(path))
+            return data["features"].astype(np.float64), data.get("probs"), data.get("labels")
+        except Exception:  # a corrupt cache entry is rebuilt
+            path.unlink(missing_ok=True)
+    features, probs, labels = compute()
+    tensors = {"features": features.astype(np.float64)}
+    if probs is not None:
+        tensors["probs"] = probs.astype(np.float64)
+    if labels is not None:
+        tensors["labels"] = labels.astype(np.int64)
+    with atomic_file(path) as fh:
+        fh.write(save(tensors))
+    return features, probs, labels
+
+
+def shapes_reference(extractor: FeatureExtractor, n: int = DEFAULT_REF_SIZE, size: int = 32,
+                     batch_size: int = 500) -> Reference:
+    """Reference features of ``n`` held-out shapes images (class-balanced), computed once and cached."""
+    if size not in SUPPORTED_SIZES:
+        raise GFTError(f"the embedded shapes data comes in sizes {SUPPORTED_SIZES}, not {size}")
+    if n < 2:
+        raise GFTError(f"the reference set needs at least 2 images, got {n}")
+    key = f"shapes-heldout-n{n}-s{size}-{extractor.fingerprint}-v{REFERENCE_VERSION}"
+
+    def compute():
+        ds = heldout(n, size=size)
+        feats, probs, labels = [], [], []
+        for i in range(0, n, batch_size):  # render in chunks: never all images in memory at once
+            images, y = ds.tensors(range(i, min(n, i + batch_size)))
+            f, p = extract_all(extractor, images, batch_size)
+            feats.append(f)
+            probs.append(p)
+            labels.append(y.numpy())
+        return np.concatenate(feats), (np.concatenate(probs) if probs[0] is not None else None), np.concatenate(labels)
+
+    features, probs, labels = _cached_reference(key, compute)
+    return Reference(features, probs, labels, M.gaussian_stats(features), size,
+                     {"source": "shapes-heldout", "n": n, "image_size": size, "extractor": extractor.fingerprint})
+
+
+def images_reference(extractor: FeatureExtractor, path: str | Path, batch_size: int = 500) -> Reference:
+    """Reference features of the real images in an ``.npz`` (``images`` uint8 (N, H, W, 3), optional ``labels``)."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes() if path.is_file() else b"").hexdigest()[:16]
+    images, labels = load_samples(path, require_labels=False)
+    key = f"file-{digest}-{extractor.fingerprint}-v{REFERENCE_VERSION}"
+
+    def compute():
+        f, p = extract_all(extractor, images, batch_size)
+        return f, p, labels
+
+    features, probs, labels = _cached_reference(key, compute)
+    return Reference(features, probs, labels, M.gaussian_stats(features), images.shape[1],
+                     {"source": str(path), "sha256": digest, "n": len(features), "extractor": extractor.fingerprint})
+
+
+def load_samples(path: str | Path, num_classes: int | None = None, require_labels: bool = True):
+    """Read and validate a samples file: ``images`` uint8 (N, H, W, 3) and ``labels`` int (N,).
+
+    Raises :class:`GFTError` naming the problem (missing file or keys, shapes, dtype, labels outside the classes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GFTError(f"samples file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise GFTError(f"{path} is not a readable .npz file ({exc})") from None
+    if "images" not in arrays or (require_labels and "labels" not in arrays):
+        want = "'images' and 'labels'" if require_labels else "'images'"
+        raise GFTError(f"{path} must hold {want} (as scripts/generate.py writes); found keys {sorted(arrays)}")
+    images = arrays["images"]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise GFTError(f"'images' in {path} must have shape (N, H, W, 3), got {images.shape}")
+    if images.dtype != np.uint8:
+        lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        raise GFTError(f"'images' in {path} must be uint8 in [0, 255], got {images.dtype} with values in "
+                       f"[{lo:.3g}, {hi:.3g}] (from [-1, 1] floats: ((x + 1) * 127.5).round().astype(uint8))")
+    if images.shape[0] == 0:
+        raise GFTError(f"{path} holds no images")
+    labels = arrays.get("labels")
+    if labels is not None:
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise GFTError(f"'labels' in {path} must have shape ({images.shape[0]},) (one per image), got {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise GFTError(f"'labels' in {path} must be integers, got {labels.dtype}")
+        labels = labels.astype(np.int64)
+        if num_classes is not None and len(labels):
+            bad = labels[(labels < 0) | (labels >= num_classes)]
+            if len(bad):
+                raise GFTError(f"'labels' in {path} must lie in [0, {num_classes}) (the extractor's classes), "
+                               f"found {int(bad[0])}")
+    return images, labels
+
+
+def evaluate_images(images: np.ndarray, labels: np.ndarray | None, extractor: FeatureExtractor,
+                    reference: Reference, k: int = 3, is_splits: int = 10, seed: int = 0,
+                    batch_size: int = 500) -> dict:
+    """All metrics of generated ``images`` (uint8 (N, H, W, 3)) against ``reference``.
+
+    Returns a dict: ``n``, ``fid``, ``is``, ``is_std``, ``precision``, ``recall``, ``k``, ``class_accuracy``,
+    ``per_class_accuracy`` (the class ones None when the extractor does not classify or there are no labels),
+    ``warnings`` (a list of strings, e.g. too few samples for a stable FID).
+    """
+    n = len(images)
+    if images.shape[1:3] != (reference.image_size, reference.image_size):
+        raise GFTError(f"images are {images.shape[1]}x{images.shape[2]}, the reference is "
+                       f"{reference.image_size}x{reference.image_size}")
+    if n <= k:
+        raise GFTError(f"need more than k = {k} images for precision/recall (and far more for FID), got {n}")
+    warnings = []
+    recommended = max(FID_MIN_SAMPLES, FID_MIN_PER_DIM * extractor.feature_dim)
+    if n < recommended:
+        warnings.append(f"FID from {n} samples is biased upwards and unstable; use at least {recommended} "
+                        f"({FID_MIN_PER_DIM} x the {extractor.feature_dim} feature dimensions) to compare runs")
+    if len(reference.features) < recommended:
+        warnings.append(f"the reference has only {len(reference.features)} images; use at least {recommended}")
+    features, probs = extract_all(extractor, images, batch_size)
+    stats = M.gaussian_stats(features)
+    fid = M.frechet_distance(stats.mu, stats.sigma, reference.stats.mu, reference.stats.sigma)
+
+    # precision/recall on equal-sized, randomly chosen subsets (k-NN radii depend on the set size)
+    m = min(n, len(reference.features))
+    rng = np.random.default_rng(seed)
+    fake_idx = rng.permutation(n)[:m]
+    real_idx = np.random.default_rng(seed + 1).permutation(len(reference.features))[:m]
+    precision, recall = M.precision_recall(reference.features[real_idx], features[fake_idx], k)
+
+    result = {"n": n, "fid": fid, "is": None, "is_std": None, "precision": precision, "recall": recall, "k": k,
+              "class_accuracy": None, "per_class_accuracy": None}
+    if probs is not None:
+        splits = max(1, min(is_splits, n // IS_MIN_PER_SPLIT))  # small parts bias IS downwards
+        result["is"], result["is_std"] = M.inception_score(probs, splits, seed)
+        if labels is not None:
+            result["class_accuracy"] = M.class_accuracy(probs, labels)
+            result["per_class_accuracy"] = M.per_class_accuracy(probs, labels, probs.shape[1])
+    result["warnings"] = warnings
+    return result
+

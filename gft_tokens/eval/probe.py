@@ -1,0 +1,257 @@
+"""The probe: a small CNN that classifies the embedded shapes data and gives the features the metrics use.
+
+It is trained (``scripts/train_probe.py``, about 1.5 minutes on a 2-core CPU, deterministic for a seed) on its own split of
+the shapes data — a seed that neither the generators' training split (0) nor the held-out split uses — to
+predict the class, and, as an auxiliary regression, the shape's position, size, colour and background colour.
+The auxiliary targets make the 128-wide penultimate layer (the *features*) carry the within-class variation a
+generator must reproduce, not only the class, so FID and precision/recall notice a collapse of positions or
+colours and not just a wrong shape. Augmentation: the eight flips/transposes of the square (every shape class has
+a mirror axis and appears at every rotation, so these stay in the data distribution; position targets are
+transformed with the image), and random blur and noise (the softness and grain a tokenizer's decoder adds).
+
+The shipped weights live in ``tokenizers/shapes-probe`` (config.json + model.safetensors + recipe + log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PretrainedConfig
+
+from ..config import opt, to_dict
+from ..data.shapes import NUM_CLASSES, ShapesDataset, heldout
+from ..errors import GFTError
+from ..io import GFTPreTrainedModel
+from .features import ExtractorOutput, register_extractor
+
+PROBE_SEED = 2_000_029  # the probe's training split: neither the generators' (0) nor the held-out one
+NUM_AUX = 9  # cx, cy, radius, foreground rgb, background rgb
+
+
+class ProbeConfig(PretrainedConfig):
+    model_type = "gft_shapes_probe"
+
+    def __init__(self, image_size: int = 32, channels: tuple[int, ...] | list[int] = (16, 32, 64),
+                 convs_per_level: int = 1, feature_dim: int = 128, num_classes: int = NUM_CLASSES,
+                 num_aux: int = NUM_AUX, **kwargs):
+        self.image_size = int(image_size)
+        self.channels = [int(c) for c in channels]
+        self.convs_per_level = int(convs_per_level)
+        self.feature_dim, self.num_classes, self.num_aux = int(feature_dim), int(num_classes), int(num_aux)
+        super().__init__(**kwargs)
+        if self.image_size % (2 ** len(self.channels)):
+            raise GFTError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels)}")
+
+
+class ShapesProbe(GFTPreTrainedModel):
+    """Images (B, 3, H, W) in [-1, 1] → features (B, 128), class logits (B, 10), auxiliary regression (B, 9).
+
+    Implements the :class:`~gft_tokens.eval.features.FeatureExtractor` protocol (``extract``).
+    """
+
+    config_class = ProbeConfig
+    main_input_name = "images"
+
+    def __init__(self, config: ProbeConfig):
+        super().__init__(config)
+        c = config
+        layers, c_in = [], 3
+        for width in c.channels:  # 3x3 conv(s) + BN + ReLU per level, then halve the resolution
+            for _ in range(c.convs_per_level):
+                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+        self.convs = nn.Sequential(*layers)
+        side = c.image_size // 2 ** len(c.channels)
+        self.fc = nn.Linear(c_in * side * side, c.feature_dim)  # flattened, not pooled: keeps where things are
+        self.classifier = nn.Linear(c.feature_dim, c.num_classes)
+        self.aux = nn.Linear(c.feature_dim, c.num_aux)
+        self.post_init()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.config
+        if images.ndim != 4 or images.shape[1:] != (3, c.image_size, c.image_size):
+            raise GFTError(f"the probe takes images (B, 3, {c.image_size}, {c.image_size}), got {tuple(images.shape)}")
+        features = F.relu(self.fc(self.convs(images).flatten(1)))
+        return features, self.classifier(features), self.aux(features)
+
+    # -- the FeatureExtractor protocol ---------------------------------------------------------------------------
+    name = "shapes-probe"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the config and the weights (independent of where they were loaded from)."""
+        h = hashlib.sha256(json.dumps(self.config.to_diff_dict(), sort_keys=True, default=str).encode())
+        for key, value in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"{self.name}-{h.hexdigest()[:16]}"
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> ExtractorOutput:
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            features, logits, _ = self(images.to(device=device, dtype=torch.float32))
+            return ExtractorOutput(features, torch.softmax(logits.float(), dim=-1))
+        finally:
+            self.train(was_training)
+
+
+register_extractor(ProbeConfig.model_type, ShapesProbe)
+
+
+# -- training ------------------------------------------------------------------------------------------------------
+@dataclass
+class ProbeTrainOptions:
+    out: str = opt("tokenizers/shapes-probe", "output directory (config.json + model.safetensors + recipe + log)")
+    train_images: int = opt(5000, "rendered training images (shapes data, the probe's own seed)")
+    eval_images: int = opt(1000, "held-out images to report accuracy on (balanced)")
+    steps: int = opt(2000, "optimisation steps")
+    batch_size: int = opt(64, "images per step")
+    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine to 0 after warm-up)")
+    warmup_steps: int = opt(50, "linear warm-up steps")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss")
+    tokenizer: str | None = opt("tokenizers/shapes-vq", "also report accuracy on this tokenizer's reconstructions "
+                                                        "of the held-out images ('' to skip)")
+    seed: int = opt(0, "seed of initialisation, batch order and augmentation")
+    threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
+
+
+def aux_targets(ds: ShapesDataset, indices) -> torch.Tensor:
+    """Normalised regression targets (N, 9): centre, radius, foreground and background colour."""
+    rows = []
+    for i in indices:
+        p = ds.params(i)
+        rows.append([p.cx / 0.5, p.cy / 0.5, (p.radius - 0.60) / 0.15, *(2 * v - 1 for v in p.fg),
+                     *(4 * v - 1 for v in p.bg)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random blur (a per-image mix of the sharp and a Gaussian-blurred image) and noise, applied to half the
+    images each: the softness and grain a tokenizer's decoder adds, so generated images are classified like real
+    ones."""
+    n = len(images)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16.0).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    blurred = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    alpha = torch.rand(n, generator=generator) * (torch.rand(n, generator=generator) < 0.5)
+    out = images + alpha.view(n, 1, 1, 1) * (blurred - images)
+    sigma = 0.06 * torch.rand(n, generator=generator) * (torch.rand(n, generator=generator) < 0.5)
+    out = out + sigma.view(n, 1, 1, 1) * torch.randn(out.shape, generator=generator)
+    return out.clamp(-1.0, 1.0)
+
+
+def d4_augment(images: torch.Tensor, aux: torch.Tensor, generator: torch.Generator):
+    """Random flips of each axis and a random transpose, applied to images and to the centre targets."""
+    images, aux = images.clone(), aux.clone()
+    n = len(images)
+    flip_x, flip_y, swap = (torch.rand(n, generator=generator) < 0.5 for _ in range(3))
+    images[flip_x] = images[flip_x].flip(-1)
+    aux[flip_x, 0] *= -1
+    images[flip_y] = images[flip_y].flip(-2)
+    aux[flip_y, 1] *= -1
+    images[swap] = images[swap].transpose(-1, -2)
+    aux[swap, 0], aux[swap, 1] = aux[swap, 1].clone(), aux[swap, 0].clone()
+    return images, aux
+
+
+@torch.no_grad()
+def probe_accuracy(probe: ShapesProbe, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    hits = 0
+    for i in range(0, len(images), batch_size):
+        hits += int((probe.extract(images[i:i + batch_size]).probs.argmax(-1) == labels[i:i + batch_size]).sum())
+    return hits / len(images)
+
+
+def train_probe(o: ProbeTrainOptions, log=print) -> dict:
+    """Train the probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
+    import yaml
+
+    from ..tokenizers import load_tokenizer
+
+    if o.steps <= 0 or o.batch_size <= 0 or o.train_images <= 0 or o.eval_images <= 0:
+        raise GFTError("steps, batch_size, train_images and eval_images must be positive")
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    tokenizer = load_tokenizer(o.tokenizer) if o.tokenizer else None
+    t0 = time.time()
+    ds = ShapesDataset(length=o.train_images, size=32, seed=PROBE_SEED)
+    images, labels = ds.tensors()
+    targets = aux_targets(ds, range(len(ds)))
+    val = heldout(o.eval_images)
+    val_images, val_labels = val.tensors()
+    log(f"rendered {len(ds)} training and {len(val)} held-out images in {time.time() - t0:.1f}s")
+
+    torch.manual_seed(o.seed)
+    probe = ShapesProbe(ProbeConfig())
+    decay = [p for n, p in probe.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in probe.named_parameters() if p.ndim <= 1]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+
+    def lr_at(step):
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        return 0.5 * (1 + np.cos(np.pi * (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    gen = torch.Generator().manual_seed(o.seed)
+    history = []
+    probe.train()
+    t1 = time.time()
+    perm, pos = torch.randperm(len(ds), generator=gen), 0
+    for step in range(o.steps):
+        if pos + o.batch_size > len(ds):
+            perm, pos = torch.randperm(len(ds), generator=gen), 0
+        idx = perm[pos:pos + o.batch_size]
+        pos += o.batch_size
+        x, aux = d4_augment(images[idx], targets[idx], gen)
+        x = degrade(x, gen)
+        _, logits, pred = probe(x)
+        ce = F.cross_entropy(logits, labels[idx])
+        reg = F.mse_loss(pred, aux)
+        loss = ce + o.aux_weight * reg
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        if (step + 1) % 100 == 0 or step + 1 == o.steps:
+            entry = {"step": step + 1, "ce": round(ce.item(), 5), "aux_mse": round(reg.item(), 5),
+                     "elapsed_s": round(time.time() - t1, 1)}
+            history.append(entry)
+            log(json.dumps(entry))
+    probe.eval()
+    result = {"heldout_accuracy": probe_accuracy(probe, val_images, val_labels), "heldout_images": len(val),
+              "train_s": round(time.time() - t1, 1), "total_s": round(time.time() - t0, 1)}
+    if tokenizer is not None:
+        with torch.no_grad():
+            recon = torch.cat([tokenizer.decode(tokenizer.encode(val_images[i:i + 500]))
+                               for i in range(0, len(val_images), 500)])
+        result["heldout_reconstruction_accuracy"] = probe_accuracy(probe, recon, val_labels)
+        result["reconstruction_tokenizer"] = o.tokenizer
+    result["fingerprint"] = probe.fingerprint
+    log(json.dumps(result))
+    recipe = yaml.safe_dump(to_dict(o), sort_keys=False)
+    logs = "".join(json.dumps(e) + "\n" for e in [*history, result])
+    probe.save_pretrained(o.out, extra_files={"recipe.yaml": recipe, "train_log.jsonl": logs})
+    return result

@@ -1,0 +1,381 @@
+"""Guidance sweeps: sample checkpoints over β (GFT) or the CFG scale w, score every setting, tabulate and plot.
+
+Family-agnostic: checkpoints are opened with :func:`gft_tokens.models.load_model` and sampled with
+:func:`gft_tokens.sampling.sample_images`, so any registered model family sweeps the same way. Network
+evaluations per image (NFE) are counted with :class:`~gft_tokens.eval.nfe.ForwardCounter` while sampling.
+
+Besides the generator rows, two *floor* rows put the numbers in scale: ``data`` (real images of the generators'
+training split, scored like samples: the best any generator can do at this N) and ``vq-recon`` (those images
+encoded and decoded by the tokenizer: the best a generator of this tokenizer's codes can do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.shapes import CLASS_NAMES, ShapesDataset
+from ..errors import GFTError
+from ..io import atomic_file
+from ..models import family_of, load_model
+from ..sampling import check_tokenizer_matches, sample_images
+from ..tokenizers import load_tokenizer
+from ..viz import grid, labelled_panels, png_bytes, to_uint8
+from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, shapes_reference
+from .features import FeatureExtractor
+from .nfe import ForwardCounter
+
+DEFAULT_BETAS = (1.0, 0.8, 0.66, 0.5, 0.4, 0.33, 0.25)
+DEFAULT_CFG_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+METHODS = ("gft", "cfg")
+
+
+@dataclass
+class RunSpec:
+    name: str  # label in tables and plots
+    method: str  # "gft" (sweep β, one pass) or "cfg" (sweep w, two passes)
+    ckpt: str  # exported model directory
+
+
+def parse_run(text: str, method: str) -> RunSpec:
+    """``NAME=DIR`` or ``DIR`` (named after the directory's parent, e.g. runs/x/cfg/model → cfg)."""
+    if method not in METHODS:
+        raise GFTError(f"method must be one of {METHODS}, got {method!r}")
+    name, sep, ckpt = text.partition("=")
+    if not sep:
+        ckpt = text
+        p = Path(text)
+        name = p.parent.name if p.name == "model" and p.parent.name else p.name
+    if not name or not ckpt:
+        raise GFTError(f"expected NAME=CHECKPOINT_DIR or CHECKPOINT_DIR, got {text!r}")
+    return RunSpec(name, method, ckpt)
+
+
+def checkpoint_digest(ckpt: str | Path) -> str:
+    """sha256 (16 hex digits) of a saved model's config.json and weights: a retrained checkpoint is a new one."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        path = Path(ckpt) / name
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def guidance_equivalent(method: str, value: float) -> float:
+    """The CFG scale a setting corresponds to: w itself, or 1/β for GFT (LlamaGen's convention)."""
+    return value if method == "cfg" else (math.inf if value == 0 else 1.0 / value)
+
+
+@torch.no_grad()
+def sample_setting(model, tokenizer, method: str, value: float, labels: torch.Tensor, batch_size: int, seed: int,
+                   **sampling) -> tuple[np.ndarray, float, float]:
+    """Sample one setting: images uint8 (N, H, W, 3), measured network evaluations per image, seconds."""
+    key = "beta" if method == "gft" else "cfg_scale"
+    g = torch.Generator().manual_seed(seed)
+    chunks = []
+    t0 = time.perf_counter()
+    with ForwardCounter(model) as counter:
+        for i in range(0, len(labels), batch_size):
+            chunks.append(sample_images(model, tokenizer, labels[i:i + batch_size], generator=g, **{key: value},
+                                        **sampling))
+    seconds = time.perf_counter() - t0
+    return to_uint8(torch.cat(chunks)), counter.per_image(len(labels)), seconds
+
+
+def _fmt_setting(method: str, value: float) -> str:
+    return f"β={value:g}" if method == "gft" else f"w={value:g}"
+
+
+def _save_json(path: Path, payload: dict) -> None:
+    with atomic_file(path, "w") as fh:
+        json.dump(payload, fh, indent=1)
+        fh.write("\n")
+
+
+def floor_rows(extractor: FeatureExtractor, reference: Reference, tokenizer, n_per_class: int, num_classes: int,
+               seed: int, size: int) -> tuple[dict, dict]:
+    """Real training-split images (class-balanced) and their tokenizer reconstructions, scored like samples."""
+    ds = ShapesDataset(length=n_per_class * num_classes, size=size, seed=seed, balanced=True)
+    images, labels = ds.tensors()
+    with torch.no_grad():
+        recon = torch.cat([tokenizer.decode(tokenizer.encode(images[i:i + 500])) for i in range(0, len(images), 500)])
+    rows = []
+    for name, x in (("data", images), ("vq-recon", recon)):
+        metrics = evaluate_images(to_uint8(x), labels.numpy(), extractor, reference)
+        rows.append({"run": name, "method": "reference", "setting": None, "value": None, "w_equiv": None,
+                     "nfe_per_image": 0.0, "s_per_image": None, **metrics})
+    return rows[0], rows[1]
+
+
+def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, reference: Reference | None = None,
+              ref_size: int = DEFAULT_REF_SIZE, family: str | None = None, betas=DEFAULT_BETAS, cfg_scales=DEFAULT_CFG_SCALES, n_per_class: int = 100,
+              batch_size: int = 250, seed: int = 0, samples_dir: Path | None = None, floors: bool = True,
+              resume: bool = False, grid_per_class: int = 8, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              log=print) -> dict:
+    """Sample and score every (run, setting); write ``results.json``, ``results.md`` and the plots in ``out``.
+
+    ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size.
+
+    ``results.json`` is rewritten after every setting, so an interrupted sweep keeps what it finished and
+    ``resume=True`` skips settings already scored with the same options.
+    """
+    if not runs:
+        raise GFTError("nothing to sweep: give at least one GFT or CFG checkpoint")
+    if n_per_class <= 0 or batch_size <= 0:
+        raise GFTError("n_per_class and batch_size must be positive")
+    for b in betas:
+        if not 0.0 <= b <= 1.0:
+            raise GFTError(f"β values must lie in [0, 1], got {b}")
+    for w in cfg_scales:
+        if not (math.isfinite(w) and w >= 0):
+            raise GFTError(f"CFG scales must be finite and ≥ 0, got {w}")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise GFTError(f"run names must be unique, got {names}")
+    out = Path(out)
+    # open every checkpoint first: a wrong path or family fails before any sampling or writing
+    models = {}
+    for spec in runs:
+        model = load_model(spec.ckpt)
+        fam = family_of(model.config.model_type)
+        if family is not None and fam != family:
+            raise GFTError(f"{spec.ckpt} is a {fam!r} model, not {family!r} (--model)")
+        has_beta = getattr(model, "beta_embedder", None) is not None
+        if spec.method == "gft" and not has_beta:
+            raise GFTError(f"{spec.ckpt} has no β input (trained with the CFG objective): sweep it with --cfg")
+        record = model.config.tokenizer or {}
+        if not record.get("path"):
+            raise GFTError(f"{spec.ckpt} records no tokenizer path")
+        tokenizer = load_tokenizer(record["path"])
+        check_tokenizer_matches(model, tokenizer)
+        models[spec.name] = (model, tokenizer)
+    first_model, first_tok = models[runs[0].name]
+    num_classes = first_model.config.num_classes
+    if extractor.num_classes is not None and extractor.num_classes != num_classes:
+        raise GFTError(f"the models have {num_classes} classes, the extractor {extractor.num_classes}")
+    if reference is None:
+        reference = shapes_reference(extractor, n=ref_size, size=first_tok.image_size)
+
+    out.mkdir(parents=True, exist_ok=True)
+    options = {"n_per_class": n_per_class, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "extractor": extractor.fingerprint, "reference": reference.description}
+    results_path = out / "results.json"
+    previous = []
+    if resume and results_path.is_file():
+        saved = json.loads(results_path.read_text())
+        if saved.get("options") == options:
+            previous = saved.get("rows", [])
+        else:
+            log("resume: options differ from the saved results; starting over")
+    done = {(r["run"], r.get("ckpt_sha256"), r["setting"]): r for r in previous}
+    rows: list[dict] = []
+    meta = {"options": options, "runs": [vars(r) for r in runs]}
+
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+
+    def save():
+        _save_json(results_path, {**meta, "rows": rows})
+
+    if floors:
+        for row in [r for r in previous if r["method"] == "reference"] or list(
+                floor_rows(extractor, reference, first_tok, n_per_class, num_classes, seed, reference.image_size)):
+            rows.append(row)
+            log(f"{row['run']:>14s}: FID {row['fid']:.3f}  IS {row['is']:.3f}  P {row['precision']:.3f}  "
+                f"R {row['recall']:.3f}  acc {row['class_accuracy']:.4f}")
+        save()
+
+    for spec in runs:
+        model, tokenizer = models[spec.name]
+        values = betas if spec.method == "gft" else cfg_scales
+        digest = checkpoint_digest(spec.ckpt)
+        for value in values:
+            setting = _fmt_setting(spec.method, value)
+            if (spec.name, digest, setting) in done:
+                rows.append(done[(spec.name, digest, setting)])
+                continue
+            images, nfe, seconds = sample_setting(model, tokenizer, spec.method, value, labels, batch_size, seed,
+                                                  temperature=temperature, top_k=top_k, top_p=top_p)
+            if samples_dir is not None:
+                path = Path(samples_dir) / spec.name / f"{spec.method}_{value:g}.npz"
+                with atomic_file(path) as fh:
+                    np.savez_compressed(fh, images=images, labels=labels.numpy(), classes=np.arange(num_classes),
+                                        beta=np.float32(value if spec.method == "gft" else np.nan),
+                                        cfg_scale=np.float32(value if spec.method == "cfg" else np.nan))
+            metrics = evaluate_images(images, labels.numpy(), extractor, reference, seed=seed)
+            row = {"run": spec.name, "ckpt": spec.ckpt, "ckpt_sha256": digest, "method": spec.method, "setting": setting, "value": value,
+                   "w_equiv": guidance_equivalent(spec.method, value), "nfe_per_image": nfe,
+                   "s_per_image": seconds / len(labels), **metrics}
+            rows.append(row)
+            save()
+            log(f"{spec.name:>14s} {setting:>7s}: FID {row['fid']:.3f}  IS {row['is']:.3f}  "
+                f"P {row['precision']:.3f}  R {row['recall']:.3f}  acc {row['class_accuracy']:.4f}  "
+                f"NFE/img {nfe:g}  ({seconds:.0f}s)")
+        best = min((r for r in rows if r["run"] == spec.name), key=lambda r: r["fid"])
+        _save_best_grid(out / f"best_{spec.name}.png", model, tokenizer, spec, best, num_classes, seed,
+                        grid_per_class, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    result = {**meta, "rows": rows, "comparison": comparison(rows)}
+    _save_json(results_path, result)
+    (out / "results.md").write_text(markdown_report(result))
+    plot_sweep(rows, out)
+    return result
+
+
+def _save_best_grid(path: Path, model, tokenizer, spec: RunSpec, row: dict, num_classes: int, seed: int,
+                    per_class: int, **sampling) -> None:
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], labels, 250, seed + 1, **sampling)
+    names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) else str(c) for c in range(num_classes)]
+    panel = grid(images, nrow=per_class, scale=3)
+    fig = labelled_panels([panel], [f"{spec.name} {row['setting']} (FID {row['fid']:.2f})"], names,
+                          panel.height // num_classes)
+    with atomic_file(path) as fh:
+        fh.write(png_bytes(fig))
+
+
+# -- reporting ---------------------------------------------------------------------------------------------------
+def _f(v, digits=3, pct=False) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}" if pct else f"{v:.{digits}f}"
+
+
+def _row_md(r: dict) -> str:
+    nfe = "–" if r["method"] == "reference" else f"{r['nfe_per_image']:g}"
+    spi = "–" if r.get("s_per_image") is None else f"{1000 * r['s_per_image']:.1f}"
+    return (f"| {r['run']} | {r['setting'] or '–'} | {_f(r['fid'])} | {_f(r['is'])} | {_f(r['precision'])} | "
+            f"{_f(r['recall'])} | {_f(r['class_accuracy'], pct=True)} | {nfe} | {spi} |")
+
+
+HEADER = ("| model | setting | FID ↓ | IS ↑ | precision ↑ | recall ↑ | class acc. % ↑ | NFE / image | ms / image |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def best_rows(rows: list[dict]) -> dict[str, dict]:
+    out = {}
+    for r in rows:
+        if r["method"] != "reference" and (r["run"] not in out or r["fid"] < out[r["run"]]["fid"]):
+            out[r["run"]] = r
+    return out
+
+
+def comparison(rows: list[dict], fid_ratio: float = 1.05, acc_points: float = 1.0) -> list[dict]:
+    """Each GFT run's best-FID row against the (first) CFG run's: the paper's claim as three checks."""
+    best = best_rows(rows)
+    cfg = next((b for b in best.values() if b["method"] == "cfg"), None)
+    if cfg is None:
+        return []
+    checks = []
+    for b in best.values():
+        if b["method"] != "gft":
+            continue
+        checks.append({
+            "run": b["run"], "cfg_run": cfg["run"], "fid_ratio": b["fid"] / cfg["fid"] if cfg["fid"] > 0 else math.inf,
+            "fid_ok": b["fid"] <= fid_ratio * cfg["fid"],
+            "acc_diff_points": 100 * (b["class_accuracy"] - cfg["class_accuracy"]),
+            "acc_ok": 100 * (b["class_accuracy"] - cfg["class_accuracy"]) >= -acc_points,
+            "nfe_ratio": b["nfe_per_image"] / cfg["nfe_per_image"],
+            "nfe_ok": b["nfe_per_image"] <= 0.5 * cfg["nfe_per_image"] + 1e-9,
+        })
+    return checks
+
+
+def markdown_report(result: dict) -> str:
+    rows = result["rows"]
+    o = result["options"]
+    n = o["n_per_class"]
+    lines = [
+        "# Guidance sweep",
+        "",
+        f"{n} samples per class per setting, sampling temperature {o['temperature']:g}, top-k {o['top_k']}, "
+        f"top-p {o['top_p']:g}, seed {o['seed']}. Features: `{o['extractor']}`; reference: "
+        f"{o['reference'].get('n')} images of `{o['reference'].get('source')}`. Precision/recall: k-NN manifolds, "
+        f"k = 3, on equal-sized sets. NFE / image = network evaluations per image, counted while sampling "
+        f"(rows through the output head ÷ images). ms / image: wall time of sampling on a shared CPU (noisy).",
+        "",
+        "## Best FID per model",
+        "",
+        HEADER,
+        *[_row_md(r) for r in best_rows(rows).values()],
+        *[_row_md(r) for r in rows if r["method"] == "reference"],
+        "",
+    ]
+    checks = comparison(rows)
+    if checks:
+        lines += ["## GFT vs CFG at their best FID", "",
+                  "| GFT model | FID / CFG FID (goal ≤ 1.05) | class acc. − CFG (points, goal ≥ −1) | NFE / CFG NFE (goal ≤ 0.5) |",
+                  "|---|---|---|---|"]
+        for c in checks:
+            mark = lambda ok: "✅" if ok else "❌"  # noqa: E731
+            lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} {mark(c['fid_ok'])} | "
+                         f"{c['acc_diff_points']:+.1f} {mark(c['acc_ok'])} | {c['nfe_ratio']:.2f} {mark(c['nfe_ok'])} |")
+        lines.append("")
+    # matched settings: one line per CFG-equivalent scale, every run side by side
+    runs = list(dict.fromkeys(r["run"] for r in rows if r["method"] != "reference"))
+    by_w: dict[float, dict[str, dict]] = {}
+    for r in rows:
+        if r["method"] != "reference":
+            by_w.setdefault(round(r["w_equiv"] * 4) / 4, {})[r["run"]] = r  # 1/0.66 and 1.5 meet at 1.5
+    lines += ["## Matched guidance (CFG scale w ↔ β = 1/w)", "",
+              "| w (≈ 1/β, to 0.25) | " + " | ".join(f"{name} FID | {name} acc. %" for name in runs) + " |",
+              "|---|" + "---|---|" * len(runs)]
+    for w in sorted(by_w):
+        cells = []
+        for name in runs:
+            r = by_w[w].get(name)
+            cells += [f"{_f(r['fid'])} ({r['setting']})" if r else "–", _f(r["class_accuracy"], pct=True) if r else "–"]
+        lines.append(f"| {w:g} | " + " | ".join(cells) + " |")
+    lines += ["", "## All settings", "", HEADER, *[_row_md(r) for r in rows], ""]
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict], out: Path) -> list[Path]:
+    """FID vs class accuracy, FID vs IS and FID vs guidance strength; every run on the same axes."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GFTError("plots need matplotlib: pip install 'gft_tokens[plots]'") from None
+    runs = list(dict.fromkeys(r["run"] for r in rows if r["method"] != "reference"))
+    floors = [r for r in rows if r["method"] == "reference"]
+    markers = {"cfg": "s", "gft": "o"}
+    paths = []
+    for x_key, x_label, fname in (("class_accuracy", "class accuracy (%)", "fid_vs_accuracy.png"),
+                                  ("is", "Inception Score (probe)", "fid_vs_is.png"),
+                                  ("w_equiv", "guidance: CFG scale w (GFT: 1/β)", "fid_vs_guidance.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
+        for name in runs:
+            pts = sorted((r for r in rows if r["run"] == name), key=lambda r: r["w_equiv"])
+            method = pts[0]["method"]
+            xs = [100 * r[x_key] if x_key == "class_accuracy" else r[x_key] for r in pts]
+            ys = [r["fid"] for r in pts]
+            nfe = pts[0]["nfe_per_image"]
+            ax.plot(xs, ys, marker=markers[method], linestyle="-" if method == "cfg" else "--",
+                    label=f"{name} ({method.upper()}, {nfe:g} NFE/img)")
+            if x_key != "w_equiv":
+                for x, y, r in zip(xs, ys, pts):
+                    ax.annotate(r["setting"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+        for r in floors:
+            ax.axhline(r["fid"], color="gray", linestyle=":", linewidth=1)
+            ax.annotate(f"{r['run']} floor", (ax.get_xlim()[0], r["fid"]), textcoords="offset points",
+                        xytext=(2, 2), fontsize=7, color="gray")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("FID (probe features) ↓")
+        ax.set_title("FID vs " + x_label.split(" (")[0])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_file(out / fname) as fh:
+            fig.savefig(fh, format="png")
+        plt.close(fig)
+        paths.append(out / fname)
+    return paths

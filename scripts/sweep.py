@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Sweep guidance: sample GFT checkpoints over β and CFG checkpoints over w, score each setting, table + plots.
+
+    python scripts/sweep.py --gft runs/llamagen/model --cfg runs/llamagen-cfg/model --out docs/sweep
+    python scripts/sweep.py --model llamagen --gft gft-scratch=runs/x/gft/model --gft gft-ft=runs/x/ft/model \\
+        --cfg cfg=runs/x/cfg/model --n-per-class 100 --out docs/gft_vs_cfg --samples-dir runs/x/samples
+
+Every setting draws --n-per-class samples of every class (same seed for every setting), counts the network
+evaluations per image while sampling, and is scored by the probe (FID, IS, precision/recall, class accuracy)
+against the held-out reference. Writes to --out: results.json (rewritten after every setting; --resume continues
+an interrupted sweep), results.md (best rows, GFT-vs-CFG checks, matched settings, all settings),
+fid_vs_accuracy.png, fid_vs_is.png, fid_vs_guidance.png and best_<run>.png (samples at each run's best FID).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gft_tokens.errors import cli_main
+from gft_tokens.eval import DEFAULT_EXTRACTOR, load_extractor
+from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
+from gft_tokens.eval.sweep import DEFAULT_BETAS, DEFAULT_CFG_SCALES, parse_run, run_sweep
+from gft_tokens.models import FAMILIES
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family (default: llamagen)")
+    p.add_argument("--gft", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a GFT checkpoint to sweep over --betas (repeatable)")
+    p.add_argument("--cfg", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a checkpoint to sweep with classifier-free guidance over --cfg-scales (repeatable)")
+    p.add_argument("--betas", type=float, nargs="+", default=list(DEFAULT_BETAS),
+                   help=f"GFT β values (default: {' '.join(map(str, DEFAULT_BETAS))})")
+    p.add_argument("--cfg-scales", type=float, nargs="+", default=list(DEFAULT_CFG_SCALES),
+                   help=f"CFG scales w (default: {' '.join(map(str, DEFAULT_CFG_SCALES))})")
+    p.add_argument("--n-per-class", type=int, default=100, help="samples per class per setting (default: 100)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per sampling batch (default: 250)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every setting (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k filtering, 0 = off (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering, 1 = off (default: 1.0)")
+    p.add_argument("--extractor", default=DEFAULT_EXTRACTOR, help=f"feature extractor (default: {DEFAULT_EXTRACTOR})")
+    p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
+                   help=f"held-out reference images (default: {DEFAULT_REF_SIZE})")
+    p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score real training images and their tokenizer reconstructions (default: on)")
+    p.add_argument("--samples-dir", help="keep every setting's samples here as .npz (default: not kept)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="reuse settings already in <out>/results.json with the same options (default: off)")
+    p.add_argument("--out", default="docs/sweep", help="output directory (default: docs/sweep)")
+    args = p.parse_args(argv)
+
+    runs = [parse_run(t, "gft") for t in args.gft] + [parse_run(t, "cfg") for t in args.cfg]
+    extractor = load_extractor(args.extractor)
+    run_sweep(runs, extractor, Path(args.out), ref_size=args.ref_size, family=args.model, betas=args.betas,
+              cfg_scales=args.cfg_scales, n_per_class=args.n_per_class, batch_size=args.batch_size, seed=args.seed,
+              samples_dir=Path(args.samples_dir) if args.samples_dir else None, floors=args.floors,
+              resume=args.resume, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    print(f"wrote {Path(args.out) / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
