@@ -10,6 +10,7 @@ small ones.
 
     python scripts/bench_sampling.py --json
     python scripts/bench_sampling.py --quick --json      # < 60 s on a 2-core CPU
+    python scripts/bench_sampling.py --model masked --json   # masked model: GFT vs CFG per decoding step, no cache
 """
 
 from __future__ import annotations
@@ -66,6 +67,46 @@ def bench_one(family: str, preset: str, vocab: int, grid: int, batch: int, recom
     }
 
 
+def bench_masked(args, preset: str) -> dict:
+    """The masked family: GFT (B rows per step) vs CFG (2B rows per step), same weights, same decoding steps.
+
+    A bidirectional model recomputes every position at every step (its encoder sees the buffer + known tokens, its
+    decoder every position), so there is no KV cache and no cache-vs-recompute figure; both confidence-order
+    (MaskGIT) and random-order (MAR) decoding are timed.
+    """
+    out = {"model": "masked", "preset": preset, "grid": args.grid, "tokens": args.grid * args.grid,
+           "steps": args.steps, "batch": args.batch, "device": args.device, "dtype": args.dtype,
+           "torch_threads": torch.get_num_threads(),
+           "kv_cache": "none: a bidirectional model recomputes all positions every step"}
+    main_vocab = 16384 if 16384 in args.vocabs else max(args.vocabs)
+    for vocab in args.vocabs:
+        torch.manual_seed(0)
+        model = build_model("masked", preset, vocab_size=vocab, grid_size=args.grid, num_classes=1000)
+        model = model.to(args.device, getattr(torch, args.dtype)).eval()
+        torch.nn.init.normal_(model.output.weight, std=0.02)  # a trained-looking head (the fresh one is all zeros)
+        labels = torch.arange(args.batch, device=args.device) % 1000
+        suffix = "" if vocab == main_vocab else f"_v{vocab}"
+        for order in ("confidence", "random"):
+            runs = {mode: (lambda kw=kw: sample_codes(model, labels, steps=args.steps, order=order, **kw))
+                    for mode, kw in (("gft", dict(beta=0.5)), ("cfg", dict(cfg_scale=2.0)))}
+            times = {mode: [] for mode in runs}
+            for mode in runs:  # warm-up
+                runs[mode]()
+            for _ in range(args.repeats):  # interleaved, so both see the same machine load
+                for mode, fn in runs.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[mode].append(time.perf_counter() - t0)
+            t_gft, t_cfg = (sorted(times[m])[len(times[m]) // 2] for m in ("gft", "cfg"))
+            key = suffix if order == "confidence" else f"_random{suffix}"
+            out[f"gft_images_per_s{key}"] = round(args.batch / t_gft, 4)
+            out[f"cfg_images_per_s{key}"] = round(args.batch / t_cfg, 4)
+            out[f"gft_vs_cfg_speedup{key}"] = round(t_cfg / t_gft, 4)
+            print(f"vocab {vocab:6d} {order:10s}: GFT {args.batch / t_gft:8.2f} img/s | CFG {args.batch / t_cfg:8.2f} "
+                  f"img/s | speedup {t_cfg / t_gft:.2f}x", flush=True)
+    return out
+
+
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +124,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--quick", action="store_true", help="smaller batch and one repeat: under a minute on a CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--steps", type=int, default=16,
+                   help="--model masked: decoding steps (default: 16, as generate.py; MAR samples with 64-256)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,6 +133,12 @@ def main(argv=None):
         args.batch, args.recompute_batch, args.repeats = min(args.batch, 32), min(args.recompute_batch, 4), 1
     if args.batch <= 0 or args.recompute_batch <= 0 or args.repeats <= 0:
         raise GFTError("--batch, --recompute-batch and --repeats must be positive")
+    if args.model == "masked":  # no KV cache: its own measurement (preset default MAR-tiny)
+        preset = "MAR-tiny" if args.preset == p.get_default("preset") else args.preset
+        result = bench_masked(args, preset)
+        if args.json:
+            print(json.dumps(result))
+        return
     dtype = getattr(torch, args.dtype)
     rows = {}
     for vocab in args.vocabs:

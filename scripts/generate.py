@@ -4,6 +4,7 @@
     python scripts/generate.py --beta 0.5                     # GFT: one forward pass per token
     python scripts/generate.py --beta 1.0 0.5 0.25 0.1        # one figure comparing β side by side
     python scripts/generate.py --cfg-scale 2.0 --ckpt runs/llamagen-cfg/model   # CFG: two passes per token
+    python scripts/generate.py --model masked --beta 0.5 --steps 16           # masked model: 16 parallel steps
 
 Outputs (in --out): grid.png and samples.npz (images uint8 (N,H,W,3), labels) for a single setting; for several
 β values, beta_comparison.png plus one samples_beta<β>.npz per value.
@@ -21,7 +22,7 @@ import torch
 from gft_tokens.data.shapes import CLASS_NAMES
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.io import atomic_file, check_writable
-from gft_tokens.models import FAMILIES, load_model
+from gft_tokens.models import FAMILIES, family_of, load_model
 from gft_tokens.sampling import check_tokenizer_matches, sample_images
 from gft_tokens.tokenizers import load_tokenizer
 from gft_tokens.viz import grid, labelled_panels, png_bytes, to_uint8
@@ -48,7 +49,17 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--out", help="output dir (default: samples/<model>)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (default: 4)")
+    m = p.add_argument_group("masked family (--model masked; see gft_tokens.sampling.masked)")
+    m.add_argument("--steps", type=int, help="parallel decoding steps, 1 .. number of tokens (default: 16)")
+    m.add_argument("--order", choices=["confidence", "random"],
+                   help="which masked tokens to fix each step: MaskGIT confidence or MAR random order (default: confidence)")
+    m.add_argument("--choice-temperature", type=float,
+                   help="Gumbel noise on the confidence order, annealed to 0 (default: 4.5)")
+    m.add_argument("--cfg-schedule", choices=["constant", "linear"],
+                   help="CFG scale per step: constant, or MAR's linear ramp to --cfg-scale (default: constant)")
     args = p.parse_args(argv)
+    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order, choice_temperature=args.choice_temperature,
+                                         cfg_schedule=args.cfg_schedule).items() if v is not None}
 
     ckpt = Path(args.ckpt or f"runs/{args.model}/model")
     if not ckpt.exists():
@@ -61,6 +72,9 @@ def main(argv=None):
         raise GFTError(f"{ckpt} records no tokenizer path; pass --tokenizer")
     tokenizer = load_tokenizer(tok_path)
     check_tokenizer_matches(model, tokenizer)
+    if family_args and family_of(model.config.model_type) != "masked":
+        flag = "--" + next(iter(family_args)).replace("_", "-")
+        raise GFTError(f"{flag} applies to masked models only; {ckpt} holds a {family_of(model.config.model_type)} model")
 
     num_classes = model.config.num_classes
     classes = args.classes if args.classes is not None else list(range(num_classes))
@@ -87,7 +101,8 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed)
         t0 = time.time()
         chunks = [sample_images(model, tokenizer, labels[i:i + args.batch_size], generator=g,
-                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, **setting)
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, **setting,
+                                **family_args)
                   for i in range(0, len(labels), args.batch_size)]
         images = to_uint8(torch.cat(chunks))
         dt = time.time() - t0

@@ -10,9 +10,12 @@ from ..errors import GFTError
 from ..io import read_config_dict
 from .llamagen import PRESETS as LLAMAGEN_PRESETS
 from .llamagen import LlamaGen, LlamaGenConfig, llamagen_config
+from .masked import PRESETS as MASKED_PRESETS
+from .masked import MaskedTokenModel, masked_config
 
 FAMILIES: dict[str, dict] = {
     "llamagen": {"model": LlamaGen, "config": llamagen_config, "presets": LLAMAGEN_PRESETS},
+    "masked": {"model": MaskedTokenModel, "config": masked_config, "presets": MASKED_PRESETS},
 }
 
 

@@ -54,8 +54,10 @@ def _llamagen_codes(model, tokenizer, codes):
 
 def _register_builtin() -> None:
     from .autoregressive import sample as ar_sample
+    from .masked import sample as masked_sample
 
     register_sampler("llamagen", ar_sample, _llamagen_codes)
+    register_sampler("masked", masked_sample, _llamagen_codes)  # same (B, N) raster codes on a square grid
 
 
 _register_builtin()

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import GFTError
 from ..models import FAMILIES
+from ..models.masked import draw_training_mask
 
 
 @dataclass
@@ -82,4 +83,30 @@ class LlamaGenFamily(Family):
         return LossInputs(lambda cond, beta: model.head_inputs(flat, cond, beta), flat)
 
 
-FAMILY_ADAPTERS: dict[str, Family] = {"llamagen": LlamaGenFamily()}
+class MaskedFamily(Family):
+    """MAR/MaskGIT-style masked model: codes as a square grid, a fresh random mask per batch."""
+
+    name = "masked"
+
+    def config(self, preset, tokenizer, num_classes, overrides):
+        h, w = tokenizer.grid_size
+        if h != w:
+            raise GFTError(f"the masked model needs a square token grid, the tokenizer has {h}x{w}")
+        return FAMILIES[self.name]["config"](
+            preset, vocab_size=tokenizer.codebook_size, grid_size=h, num_classes=num_classes,
+            tokenizer=tokenizer.describe(), **overrides,
+        )
+
+    def token_shape(self, config):
+        return (config.grid_size, config.grid_size)
+
+    def loss_inputs(self, model, codes, generator):
+        flat = codes.flatten(1)
+        c = model.config
+        # drawn once per batch and shared by the objective's conditional and unconditional passes
+        mask = draw_training_mask(flat.shape[0], flat.shape[1], generator, c.mask_ratio_min,
+                                  c.mask_ratio_std).to(flat.device)
+        return LossInputs(lambda cond, beta: model.head_inputs(flat, cond, beta, mask=mask), flat, mask)
+
+
+FAMILY_ADAPTERS: dict[str, Family] = {"llamagen": LlamaGenFamily(), "masked": MaskedFamily()}

@@ -1,0 +1,152 @@
+"""Iterative parallel decoding for MAR/MaskGIT-style masked models.
+
+Every image token starts masked. Step s of S (s = 0 … S−1) runs the model once on the current codes and leaves
+``floor(N·cos(π/2·(s+1)/S))`` tokens masked (MaskGIT's cosine schedule), clamped so that every step fixes at least one
+token and, before the last step, at least one stays masked (the last step fixes all the rest). Which tokens get
+fixed:
+
+* ``order="confidence"`` (MaskGIT): draw a token at every masked position, then fix the ones with the highest
+  ``log p(drawn token) + τ_s·Gumbel`` — the choice temperature τ_s = ``choice_temperature``·(1 − (s+1)/S) is
+  annealed linearly to 0;
+* ``order="random"`` (MAR): a random generation order fixed per sample at the start; the next tokens of the order
+  are drawn (the head runs on those positions only).
+
+A fixed token is never changed again. Tokens are drawn from the (guided) logits divided by ``temperature``, after
+top-k / top-p filtering (:mod:`gft_tokens.sampling.common`).
+
+GFT mode (``beta=...``): one forward pass per step for a batch of B. CFG mode (``cfg_scale=w``): conditional and
+unconditional rows run together as one batch of 2B and are mixed as ``u + w_s·(c − u)``, with w_s = w
+(``cfg_schedule="constant"``) or MAR's ``"linear"`` ramp w_s = 1 + (w − 1)·(N − masked after step s)/N. A
+bidirectional model recomputes every position at every step: there is no KV cache to keep.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..conditioning import check_labels
+from ..errors import GFTError
+from .common import categorical, check_sampling_args, filter_logits, resolve_guidance
+
+ORDERS = ("confidence", "random")
+CFG_SCHEDULES = ("constant", "linear")
+
+
+def masked_after_step(step: int, steps: int, seq_len: int, remaining: int) -> int:
+    """How many tokens stay masked after ``step`` (0-based) of ``steps``, ``remaining`` being masked before it."""
+    if step >= steps - 1:
+        return 0
+    n = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / steps))
+    return max(1, min(remaining - 1, n))
+
+
+def guidance_scale(cfg_scale: float, schedule: str, seq_len: int, masked_after: int) -> float:
+    """CFG scale of a step: constant, or MAR's linear ramp (following Muse) ``1 + (w − 1)·(N − masked after)/N``."""
+    if schedule == "constant":
+        return cfg_scale
+    return 1.0 + (cfg_scale - 1.0) * (seq_len - masked_after) / seq_len
+
+
+def check_masked_sampling_args(steps, order: str, cfg_schedule: str, choice_temperature: float, seq_len: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise GFTError(f"steps must be a positive integer, got {steps!r}")
+    if steps > seq_len:
+        raise GFTError(f"steps must be at most the number of tokens ({seq_len}: one token per step), got {steps}")
+    if order not in ORDERS:
+        raise GFTError(f"order must be one of {list(ORDERS)}, got {order!r}")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise GFTError(f"cfg_schedule must be one of {list(CFG_SCHEDULES)}, got {cfg_schedule!r}")
+    if not (math.isfinite(choice_temperature) and choice_temperature >= 0):
+        raise GFTError(f"choice_temperature must be a finite number ≥ 0, got {choice_temperature}")
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of (R, V) logits and its log-probability under the distribution it was drawn from."""
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+        logp = F.log_softmax(logits.float(), dim=-1)
+    else:
+        logp = F.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+        tokens = categorical(logp.exp(), generator)
+    return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64).clamp_(1e-20, 1.0 - 1e-16)
+    return -torch.log(-torch.log(u))
+
+
+@torch.no_grad()
+def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_schedule: str = "constant",
+           steps: int = 16, order: str = "confidence", choice_temperature: float = 4.5, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
+           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Generate image codes (B, N) for class ``labels`` (B,).
+
+    Args:
+        beta: GFT pseudo-temperature in [0, 1], a number or a (B,) tensor (one pass per step; β = 1/w for CFG
+            scale w). Requires a model trained with GFT.
+        cfg_scale: classifier-free guidance scale w (conditional + unconditional rows batched as 2B). With a GFT
+            model, β applies to the conditional rows.
+        cfg_schedule: ``"constant"`` (w every step; what a fixed β corresponds to) or ``"linear"`` (MAR's ramp).
+        steps: decoding steps, 1 … N (N = number of tokens; N steps fix one token per step).
+        order: ``"confidence"`` (MaskGIT, Gumbel-perturbed confidence) or ``"random"`` (MAR's random order).
+        choice_temperature: Gumbel noise scale of the confidence order at the first step, annealed to 0
+            (MaskGIT's class-conditional setting: 4.5; 0 picks the most confident tokens).
+        callback: called after every step as ``callback(step, codes, mask)`` (copies; mask True = still masked).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    n = model.config.seq_len
+    check_masked_sampling_args(steps, order, cfg_schedule, choice_temperature, n)
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.tok_embeddings.weight.device
+        labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
+        bsz = labels.shape[0]
+        beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)
+        cfg = cfg_scale is not None
+        if cfg:
+            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
+            if beta is not None:
+                beta = torch.cat([beta, torch.ones_like(beta)])
+        codes = torch.zeros(bsz, n, dtype=torch.long, device=device)
+        mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
+        if order == "random":  # the first entries of a sample's order are generated last (as MAR)
+            gen_order = torch.rand(bsz, n, generator=generator).argsort(dim=1).to(device)
+        rows = (lambda t: torch.cat([t, t])) if cfg else (lambda t: t)
+
+        remaining = n
+        for step in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+            after = masked_after_step(step, steps, n, remaining)
+            if after < remaining:
+                if order == "random":
+                    positions = gen_order[:, after:remaining]
+                else:
+                    positions = mask.nonzero()[:, 1].view(bsz, remaining)
+                logits = model.logits_at(rows(codes), labels, beta, rows(mask), rows(positions))
+                if cfg:
+                    w = guidance_scale(cfg_scale, cfg_schedule, n, after)
+                    cond, uncond = logits.chunk(2)
+                    logits = uncond + w * (cond - uncond)
+                k = positions.shape[1]
+                tokens, logp = _draw(logits.flatten(0, 1), temperature, top_k, top_p, generator)
+                tokens, logp = tokens.view(bsz, k), logp.view(bsz, k)
+                if order == "confidence":
+                    tau = choice_temperature * (1.0 - (step + 1) / steps)
+                    confidence = logp.double() + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
+                    chosen = confidence.topk(remaining - after, dim=1).indices
+                    positions, tokens = positions.gather(1, chosen), tokens.gather(1, chosen)
+                codes.scatter_(1, positions, tokens)
+                mask.scatter_(1, positions, False)
+                remaining = after
+            if callback is not None:
+                callback(step, codes.clone(), mask.clone())
+        return codes
+    finally:
+        model.train(was_training)
