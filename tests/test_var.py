@@ -124,6 +124,20 @@ def test_beta_reaches_the_start_token_and_every_adaln():
     assert fresh.beta_embedder.mlp[2].weight.abs().sum() == 0  # zero-init: a fresh β branch changes nothing
 
 
+def test_weight_decay_groups_follow_var():
+    from gft_tokens.train.engine import param_groups
+
+    m = tiny(shared_aln=True)
+    decay, no_decay = param_groups(m, 0.05)
+    names = {id(p): n for n, p in m.named_parameters()}
+    off = {names[id(p)] for p in no_decay["params"]}
+    on = {names[id(p)] for p in decay["params"]}
+    assert {"pos.pos_start", "pos.pos_1LC", "pos.lvl_embed.weight", "blocks.0.attn.scale_mul_1H11",
+            "blocks.0.ada_gss", "blocks.0.attn.q_bias"} <= off
+    assert {"class_emb.weight", "word_embed.weight", "head.weight", "blocks.0.attn.mat_qkv.weight"} <= on
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
 def test_shared_adaln_variant():
     m = tiny(shared_aln=True)
     assert m.shared_ada_lin is not None and not hasattr(m.blocks[0], "ada_lin")

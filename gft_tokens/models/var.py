@@ -402,6 +402,11 @@ class VAR(GFTPreTrainedModel):
         with torch.no_grad():
             self.quantizer.load(state)
 
+    def no_weight_decay(self) -> list[str]:
+        """Parameters VAR trains without weight decay (besides biases and norms): its ``filter_params`` list."""
+        keys = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss")
+        return [n for n, _ in self.named_parameters() if any(k in n for k in keys)]
+
     # -- backbone ----------------------------------------------------------------------------------------------
     def _check_ready(self) -> None:
         if not bool(self.quantizer.loaded):
