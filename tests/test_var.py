@@ -300,6 +300,19 @@ def test_generate_var_bad_input(exported, tmp_path, capsys, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_generate_refuses_a_tokenizer_with_other_scales(msvq_dir, tmp_path, capsys):
+    from gft_tokens.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(msvq_dir)
+    m = build_model("var", "d1", vocab_size=64, scales=[1, 2, 4, 8], cvae=8, num_classes=10,
+                    tokenizer={**tok.describe(), "scales": [1, 2, 4, 8], "path": str(msvq_dir)})
+    m.load_quantizer({**tok.quantizer_state()})
+    m.save_pretrained(tmp_path / "m")
+    with pytest.raises(SystemExit) as exc:
+        script_main("generate.py")(["--model", "var", "--ckpt", str(tmp_path / "m"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "tokenizer mismatch: the model was trained with scales" in capsys.readouterr().err
+
+
 def test_sample_codes_dispatches_to_the_next_scale_sampler():
     m = tiny()
     codes = sample_codes(m, torch.tensor([1, 2]), beta=0.5, generator=torch.Generator().manual_seed(0))
