@@ -22,7 +22,7 @@ import torch
 
 from gft_tokens.data.shapes import CLASS_NAMES
 from gft_tokens.errors import GFTError, cli_main
-from gft_tokens.io import atomic_file
+from gft_tokens.io import atomic_file, check_writable
 from gft_tokens.models import FAMILIES, family_of, load_model
 from gft_tokens.sampling import check_tokenizer_matches, sample_images
 from gft_tokens.tokenizers import load_tokenizer
@@ -97,6 +97,7 @@ def main(argv=None):
     labels = torch.tensor([c for c in classes for _ in range(args.n_per_class)], dtype=torch.long)
     names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) and c < len(CLASS_NAMES) else str(c) for c in classes]
     out = Path(args.out or f"samples/{args.model}")
+    check_writable(out)  # before sampling, not after
     panels, titles = [], []
     for setting in settings:
         g = torch.Generator().manual_seed(args.seed)

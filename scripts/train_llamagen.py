@@ -5,6 +5,7 @@
     python scripts/train_llamagen.py --objective cfg --out runs/llamagen-cfg
     python scripts/train_llamagen.py --init-from runs/llamagen-cfg/model --steps 40 --out runs/llamagen-ft
     deepspeed --num_gpus 8 scripts/train_llamagen.py --config configs/llamagen/gpt-b.yaml --zero-stage 2
+    deepspeed --num_gpus 8 scripts/train_llamagen.py --data 'shards/{000000..000031}.tar' --zero-stage 3 --bf16
 
 Options come from the dataclass defaults, then --config YAML, then the flags below.
 """

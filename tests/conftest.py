@@ -24,9 +24,18 @@ def shipped_tokenizer():
     return load_tokenizer(SHIPPED_VQ)
 
 
+# set in this process by an in-process training run (a one-process group); a child must start its own
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra) -> dict:
+    """This process's environment for a script run as a child, without the process-group variables."""
+    return {**{k: v for k, v in os.environ.items() if k not in DIST_VARS}, "OMP_NUM_THREADS": "2", **extra}
+
+
 def run_script(name: str, *args: str, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run scripts/<name> with this interpreter; returns the completed process (never raises on failure)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
+    full_env = child_env(**(env or {}))
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

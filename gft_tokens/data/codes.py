@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ..errors import GFTError
 from ..io import atomic_file
-from .shapes import ShapesDataset
+from .shapes import ShapesDataset, fingerprint
 
 
 @dataclass
@@ -72,13 +72,14 @@ def encode_images(tokenizer, images: torch.Tensor, flip: bool = True, batch_size
 def shapes_codes(tokenizer, tokenizer_dir, length: int, seed: int = 0, flip: bool = True) -> CodeDataset:
     """Codes of the embedded shapes dataset (``length`` images, ``seed``), cached on disk."""
     size = tokenizer.image_size
-    key = f"shapes-{size}-n{length}-s{seed}-f{int(flip)}-{_tokenizer_fingerprint(tokenizer_dir)}"
+    key = f"shapes-{fingerprint(size)}-{size}-n{length}-s{seed}-f{int(flip)}-{_tokenizer_fingerprint(tokenizer_dir)}"
     path = cache_dir() / "codes" / f"{key}.safetensors"
     if path.is_file():
         try:
             data = load_file(str(path))
             return CodeDataset(data["codes"].long(), data["labels"].long(), ShapesDataset(1).num_classes)
         except Exception:  # a corrupt cache entry is rebuilt
+            tqdm.write(f"code cache {path} is unreadable (corrupt or truncated); rebuilding it")
             path.unlink(missing_ok=True)
     ds = ShapesDataset(length=length, size=size, seed=seed)
     images = torch.stack([ds[i][0] for i in tqdm(range(length), desc="render", leave=False)])
@@ -86,14 +87,8 @@ def shapes_codes(tokenizer, tokenizer_dir, length: int, seed: int = 0, flip: boo
     codes = encode_images(tokenizer, images, flip=flip)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as fh:
-        fh.write(_serialize({"codes": codes.to(torch.int32), "labels": labels}))
+        fh.write(save({"codes": codes.to(torch.int32).contiguous(), "labels": labels.contiguous()}))
     return CodeDataset(codes, labels, ds.num_classes)
-
-
-def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.contiguous() for k, v in tensors.items()})
 
 
 def check_codes_match(data: CodeDataset, vocab_size: int, seq_shape: tuple[int, ...]) -> None:

@@ -1,13 +1,14 @@
 """The embedded dataset: procedurally rendered, class-conditional coloured shapes.
 
-Every image is a pure function of ``(seed, index)``: nothing is downloaded, nothing is read from disk. The class
-is the *shape*; everything else varies inside a class, so a generator can be judged on class fidelity (does a row
-show its shape?) and on diversity (positions, sizes, rotations, colours and backgrounds):
+Every image is a pure function of ``(seed, index)``: nothing is downloaded, nothing is read from disk. A class is
+a *shape* drawn in the class's *hue family*; everything else varies inside a class, so a generator can be judged on
+class fidelity (does a row show its shape, in its colour?) and on diversity (positions, sizes, rotations, shades
+and backgrounds):
 
 * position   -- the centre moves as far as the shape's size allows while it stays (almost) on the canvas
-* size       -- radius 0.19 .. 0.35 of the canvas side, plus a mild aspect stretch (0.85 .. 1.15)
+* size       -- radius 0.22 .. 0.37 of the canvas side, plus a mild aspect stretch (0.85 .. 1.15)
 * rotation   -- uniform in [0, 2π) (circles and rings are invariant, by nature)
-* colour     -- any hue, saturation 0.55 .. 1, value 0.65 .. 1
+* colour     -- the class hue ± 11°, saturation 0.55 .. 1, value 0.65 .. 1
 * background -- a dark, low-saturation colour with a linear gradient of random direction and strength
 
 Images are anti-aliased by 4x supersampling and returned as float tensors in [-1, 1], shape (3, H, W).
@@ -38,6 +39,10 @@ CLASS_NAMES = (
     "heart",
 )
 NUM_CLASSES = len(CLASS_NAMES)
+# Each class has its own hue family (hues 36° apart); a sample's shade varies around it by ±HUE_JITTER (±11°)
+# and in saturation and brightness. Shape and hue together make the class.
+CLASS_HUES = tuple(i / NUM_CLASSES for i in range(NUM_CLASSES))
+HUE_JITTER = 0.03
 SUPPORTED_SIZES = (32, 64)
 _SUPERSAMPLE = 4
 
@@ -70,9 +75,10 @@ def sample_params(seed: int, index: int, label: int | None = None) -> ShapeParam
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     drawn_label = int(rng.integers(NUM_CLASSES))
     label = drawn_label if label is None else int(label)
-    radius = float(rng.uniform(0.38, 0.70))  # canvas units: the canvas [-1, 1]² has side 2
+    radius = float(rng.uniform(0.45, 0.75))  # canvas units: the canvas [-1, 1]² has side 2
     cx, cy = (float(v) for v in rng.uniform(-0.8, 0.8, size=2) * (1.0 - radius))
-    fg = _hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.55, 1.0)), float(rng.uniform(0.65, 1.0)))
+    hue = (CLASS_HUES[label] + float(rng.uniform(-HUE_JITTER, HUE_JITTER))) % 1.0
+    fg = _hsv_to_rgb(hue, float(rng.uniform(0.55, 1.0)), float(rng.uniform(0.65, 1.0)))
     bg = _hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.0, 0.35)), float(rng.uniform(0.05, 0.35)))
     return ShapeParams(
         label=label,
@@ -196,6 +202,17 @@ class ShapesDataset(Dataset):
 
 
 HELDOUT_SEED = 1_000_003
+
+
+def fingerprint(size: int = 32) -> str:
+    """A short hash of a few rendered images: changes whenever the rendering or the parameter draws change, so
+    caches derived from the data (extracted codes, reference statistics) can key on it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(4):
+        h.update(render(sample_params(0, i), size).numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def heldout(length: int = 1000, size: int = 32, balanced: bool = True) -> ShapesDataset:

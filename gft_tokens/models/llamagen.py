@@ -29,6 +29,8 @@ from ..nn import DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply
 from ..objectives import HeadInputs
 from ..tokenizers.vq import check_codes
 
+_NO_DROPOUT = dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+
 # Official LlamaGen sizes (FoundationVision/LlamaGen, autoregressive/models/gpt.py) and small CPU sizes.
 PRESETS: dict[str, dict] = {
     "GPT-B": dict(n_layer=12, n_head=12, dim=768),
@@ -39,10 +41,10 @@ PRESETS: dict[str, dict] = {
     "GPT-1B": dict(n_layer=22, n_head=32, dim=2048),
     "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
     "GPT-7B": dict(n_layer=32, n_head=32, dim=4096),
-    # CPU sizes: LlamaGen's shape at a few million parameters.
-    "GPT-nano": dict(n_layer=2, n_head=2, dim=64, multiple_of=32),
-    "GPT-tiny": dict(n_layer=4, n_head=4, dim=128, multiple_of=64),
-    "GPT-small": dict(n_layer=6, n_head=6, dim=192, multiple_of=64),
+    # CPU sizes: LlamaGen's shape at a few million parameters, without dropout (their runs are short).
+    "GPT-nano": dict(n_layer=2, n_head=2, dim=64, multiple_of=32, **_NO_DROPOUT),
+    "GPT-tiny": dict(n_layer=4, n_head=4, dim=128, multiple_of=64, **_NO_DROPOUT),
+    "GPT-small": dict(n_layer=6, n_head=6, dim=192, multiple_of=64, **_NO_DROPOUT),
 }
 
 
@@ -118,7 +120,9 @@ def llamagen_config(preset: str, **overrides) -> LlamaGenConfig:
         close = difflib.get_close_matches(preset, PRESETS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise GFTError(f"unknown LlamaGen preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
-    return LlamaGenConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    from ..io import build_config  # refuses unknown keys, with a did-you-mean
+
+    return build_config(LlamaGenConfig, {**PRESETS[preset], "preset": preset, **overrides}, f"{preset} overrides")
 
 
 class Attention(nn.Module):

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from ..errors import GFTError
 from ..io import read_config_dict
+from .llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from .vq import VQConfig, VQTokenizer
 
-TOKENIZER_CLASSES = {VQConfig.model_type: VQTokenizer}
+TOKENIZER_CLASSES = {VQConfig.model_type: VQTokenizer, LlamaGenVQConfig.model_type: LlamaGenVQ}
 
 
 def register_tokenizer(cls) -> None:
@@ -39,5 +40,5 @@ def load_tokenizer(path, map_location="cpu"):
 register_tokenizer(MultiScaleVQTokenizer)
 
 
-__all__ = ["MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig", "VQTokenizer", "load_tokenizer",
-           "register_tokenizer"]
+__all__ = ["LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
+           "VQTokenizer", "load_tokenizer", "register_tokenizer"]

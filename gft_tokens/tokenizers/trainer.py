@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config import check_keys, opt, to_dict
 from ..data.shapes import ShapesDataset, heldout
 from ..errors import GFTError
-from ..io import build_config
+from ..io import build_config, check_writable, load_safetensors, load_torch_file
 from . import TOKENIZER_CLASSES
 from .losses import codebook_usage, psnr, reconstruction_loss
 
@@ -38,6 +41,61 @@ class TokenizerTrainOptions:
     eval_every: int = opt(500, "evaluate every N steps (0: only at the end)")
     seed: int = opt(0, "seed of the training data and of the initialisation")
     threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
+    save_every: int = opt(500, "checkpoint every N steps into <out>.checkpoints, removed once the tokenizer is "
+                               "saved (0: no checkpoints)")
+    keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)")
+    resume: bool = opt(False, "continue from the newest complete checkpoint in <out>.checkpoints")
+
+
+RESUME_KEYS = ("batch_size", "train_images", "seed", "l1_weight", "weight_decay")
+
+
+def checkpoint_root(o: TokenizerTrainOptions) -> Path:
+    """Where the resumable checkpoints of a run writing ``o.out`` live (beside it)."""
+    out = Path(o.out)
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def _save_checkpoint(root: Path, step: int, tok, optimizer, gen: torch.Generator, state: dict, keep_last: int):
+    from ..train import checkpoints as CK
+
+    tmp = CK.begin(root, step)
+    save_file({k: v.detach().contiguous() for k, v in tok.state_dict().items()}, str(tmp / "tokenizer.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"torch_rng": torch.get_rng_state(), "generator": gen.get_state()}, tmp / "rng.pt")
+    (tmp / "training_state.json").write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
+    CK.commit(root, step, keep_last)
+
+
+def _load_checkpoint(directory: Path, tok, optimizer, gen: torch.Generator, state: dict) -> dict:
+    """Restore a checkpoint written by :func:`_save_checkpoint`; returns its training state (step, log)."""
+    from ..io import check_state_dict
+
+    try:
+        saved = json.loads((directory / "training_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise GFTError(f"checkpoint {directory} has no readable training_state.json") from None
+    if saved.get("type") != state["type"] or saved.get("model") != state["model"]:
+        raise GFTError(f"cannot resume: {directory} trained a {saved.get('type')!r} tokenizer with model options "
+                       f"{saved.get('model')}, this run asks for {state['type']!r} with {state['model']}")
+    was, mine = saved.get("options", {}), state["options"]
+    diffs = [k for k in RESUME_KEYS if k in was and was[k] != mine[k]]
+    if diffs:
+        raise GFTError("cannot resume: options differ from the checkpoint's: "
+                       + ", ".join(f"{k} ({was[k]!r} → {mine[k]!r})" for k in diffs))
+    weights = load_safetensors(directory / "tokenizer.safetensors")
+    check_state_dict(tok.state_dict(), weights, str(directory))
+    tok.load_state_dict(weights)
+    try:
+        optimizer.load_state_dict(load_torch_file(directory / "optimizer.pt"))
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, GFTError):
+            raise
+        raise GFTError(f"optimizer state in {directory} does not fit this tokenizer ({exc})") from None
+    rng = load_torch_file(directory / "rng.pt")
+    torch.set_rng_state(rng["torch_rng"])
+    gen.set_state(rng["generator"])
+    return saved
 
 
 def split_recipe(recipe: dict, where: str) -> tuple[str, dict, dict]:
@@ -89,6 +147,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
         torch.set_num_threads(o.threads)
     cls = TOKENIZER_CLASSES[kind]
     config = build_config(cls.config_class, model_options, where)
+    check_writable(o.out)
     torch.manual_seed(o.seed)
     tok = cls(config).train()
     n_params = sum(p.numel() for p in tok.parameters())
@@ -105,8 +164,20 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     optimizer = torch.optim.AdamW(tok.parameters(), lr=o.lr, betas=(0.9, 0.95), weight_decay=o.weight_decay)
     gen = torch.Generator().manual_seed(o.seed)
     log: list[dict] = []
+    ckpt_root, start = checkpoint_root(o), 0
+    state = {"type": kind, "model": json.loads(json.dumps(model_options)), "options": to_dict(o)}
+    if o.resume:
+        from ..train.checkpoints import latest_tag
+
+        tag = latest_tag(ckpt_root, log=tqdm.write)
+        if tag is None:
+            tqdm.write(f"--resume: no checkpoint in {ckpt_root}; starting from scratch")
+        else:
+            saved = _load_checkpoint(ckpt_root / tag, tok, optimizer, gen, state)
+            start, log = int(saved["step"]), list(saved.get("log", []))
+            tqdm.write(f"resumed from {ckpt_root / tag} at step {start}")
     t0 = time.time()
-    bar = tqdm(range(o.steps), desc="train tokenizer", dynamic_ncols=True)
+    bar = tqdm(range(start, o.steps), desc="train tokenizer", dynamic_ncols=True, initial=start, total=o.steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, o)
@@ -115,7 +186,8 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
         rec = reconstruction_loss(recon, batch, o.l1_weight)
         loss = rec + vq_loss
         if not torch.isfinite(loss):
-            raise GFTError(f"non-finite tokenizer loss at step {step}; lower the learning rate")
+            raise GFTError(f"non-finite tokenizer loss at step {step + 1}; lower the learning rate (checkpoints in "
+                           f"{ckpt_root}, if any, are intact: --resume continues from the newest)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip > 0:
@@ -131,6 +203,8 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
                      "elapsed_s": round(time.time() - t0, 1)}
             log.append(entry)
             tqdm.write(json.dumps(entry))
+        if o.save_every and (step + 1) % o.save_every == 0 and not last:
+            _save_checkpoint(ckpt_root, step + 1, tok, optimizer, gen, {**state, "log": log}, o.keep_last)
     bar.close()
 
     tok.eval()
@@ -142,6 +216,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
             "train_log.jsonl": "".join(json.dumps(e) + "\n" for e in log),
         },
     )
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # the saved tokenizer supersedes them
     final = {**log[-1], "params": n_params, "out": o.out}
     tqdm.write(f"saved {o.out}: PSNR {final['psnr']:.2f} dB, codebook usage {final['usage']:.1%}, "
                f"perplexity {final['perplexity']:.0f}, {final['elapsed_s']:.0f}s")

@@ -243,6 +243,10 @@ class VQTokenizer(GFTPreTrainedModel):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] → codes (B, H/f, W/f) int64."""
         images = check_images(images, self.config.in_channels, self.downsample)
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            h, w = images.shape[-2:]
+            raise GFTError(f"images are {h}x{w}, this tokenizer encodes {self.image_size}x{self.image_size} images "
+                           f"(to a {self.grid_size[0]}x{self.grid_size[1]} grid); resize them first")
         z = self.quant_conv(self.encoder(images.to(self.device)))
         was_training = self.quantize.training
         self.quantize.eval()  # never update the codebook (EMA, dead codes) from inference calls

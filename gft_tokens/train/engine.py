@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import socket
 from pathlib import Path
 
@@ -18,11 +16,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import GFTError
-from ..io import atomic_file
+from ..io import load_torch_file, unsafe_pickle_globals
+from . import checkpoints as CK
+from .checkpoints import LATEST, checkpoint_tags, latest_tag, stale_partial_dirs, tag_of  # noqa: F401 (re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
-LATEST = "latest"
-_TAG_RE = re.compile(r"^step(\d+)$")
 
 
 def _free_port() -> int:
@@ -171,72 +169,141 @@ class EMA:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Atomic checkpoints on top of engine.save_checkpoint
+# An optimizer step that can be cancelled (for --on-nonfinite skip)
 # ---------------------------------------------------------------------------------------------------------------
-def checkpoint_tags(root: Path) -> list[tuple[int, str]]:
-    """Complete checkpoints under ``root`` as (step, tag), oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for d in root.iterdir():
-        m = _TAG_RE.match(d.name)
-        if m and d.is_dir():
-            found.append((int(m.group(1)), d.name))
-    return sorted(found)
+@contextlib.contextmanager
+def _updates_cancelled(optimizer):
+    """While active, ``optimizer.step()`` sees no gradients (restored right after, for DeepSpeed's bookkeeping)."""
+    held = []
+
+    def hide(opt, args, kwargs):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                held.append((p, p.grad))
+                p.grad = None
+
+    def restore(opt, args, kwargs):
+        for p, grad in held:
+            p.grad = grad
+        held.clear()
+
+    handles = (optimizer.register_step_pre_hook(hide), optimizer.register_step_post_hook(restore))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
-def stale_partial_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.glob(".tmp-step*") if d.is_dir()) if root.is_dir() else []
+def optimizer_step(engine, cancel: bool = False) -> bool:
+    """``engine.step()`` at a gradient-accumulation boundary; returns whether the update was applied.
 
-
-def latest_tag(root: Path, log=print) -> str | None:
-    """The tag the ``latest`` pointer names, if complete; else the newest complete checkpoint; else None.
-
-    Half-written checkpoints (a ``.tmp-…`` directory left by a killed run) are reported and ignored.
+    With ``cancel`` the update is dropped: DeepSpeed hands every update of every ZeRO stage to the client torch
+    optimizer (on the fp32 master partitions); step hooks hide the gradients it was given, and torch optimizers
+    leave a parameter without a gradient, and its state, untouched. DeepSpeed then clears the
+    accumulated gradients as after any step. DeepSpeed may also drop an update by itself when it finds
+    non-finite gradients. Either way the LR schedule advances, so it stays a function of the step count.
     """
-    for partial in stale_partial_dirs(root):
-        log(f"ignoring half-written checkpoint {partial} (left by an interrupted save)")
-    pointer = root / LATEST
-    tags = checkpoint_tags(root)
-    if pointer.is_file():
-        tag = pointer.read_text().strip()
-        if (root / tag).is_dir() and _TAG_RE.match(tag):
-            return tag
-        log(f"'latest' names {tag!r}, which is missing or incomplete; using the newest complete checkpoint")
-    return tags[-1][1] if tags else None
+    with _updates_cancelled(engine.basic_optimizer) if cancel else contextlib.nullcontext():
+        engine.step()
+    applied_by_deepspeed = engine.was_step_applied()
+    if not applied_by_deepspeed and engine.lr_scheduler is not None:
+        engine.lr_scheduler.step()  # DeepSpeed holds the schedule back on an update it dropped; we do not
+    return applied_by_deepspeed and not cancel
+
+
+def parameters_finite(module: nn.Module, stage: int) -> bool:
+    """Whether every parameter (every rank's partition of it) is finite; the same answer on all ranks."""
+    ok = all(bool(torch.isfinite(_local(p, stage)).all()) for p in module.parameters())
+    flag = torch.tensor([float(ok)])
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return flag.item() == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic checkpoints on top of engine.save_checkpoint (the directory protocol is in checkpoints.py)
+# ---------------------------------------------------------------------------------------------------------------
+TRAINING_STATE = "training_state.json"
+# Classes a DeepSpeed optimizer-state file legitimately pickles (besides tensors and containers); a checkpoint
+# file naming anything else is refused before DeepSpeed unpickles it (it loads with weights_only=False).
+DEEPSPEED_PICKLE_GLOBALS = frozenset({
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+})
 
 
 def save_checkpoint(engine, root: Path, step: int, client_state: dict, rank_state: dict, keep_last: int,
                     rank: int, world: int) -> Path:
-    """Save to ``root/.tmp-stepN`` on all ranks, then (rank 0) rename to ``root/stepN``, move ``latest``, rotate."""
-    tag = f"step{step:08d}"
-    tmp_tag = f".tmp-{tag}"
+    """Save to ``root/.tmp-stepN`` on all ranks, then (rank 0) seal and rename it to ``root/stepN``, move
+    ``latest``, rotate. Refuses (``GFTError``) to save non-finite parameters over a good checkpoint."""
+    root = Path(root)
+    stage = engine.zero_optimization_stage()
+    if not parameters_finite(engine.module, stage):
+        raise GFTError(f"the parameters are not finite at step {step}; not saving — the last good checkpoint in "
+                       f"{root} is intact (lower the learning rate or check the data, then --resume)")
+    tmp_tag = f".tmp-{tag_of(step)}"
     if rank == 0:
-        shutil.rmtree(root / tmp_tag, ignore_errors=True)
+        CK.begin(root, step)
     barrier()
     engine.save_checkpoint(str(root), tag=tmp_tag, client_state=client_state, save_latest=False)
     torch.save(rank_state, root / tmp_tag / f"rank_state_{rank:03d}.pt")
+    if rank == 0:
+        state = {**client_state, "world_size": world, "zero_stage": stage}
+        (root / tmp_tag / TRAINING_STATE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
     barrier()
     if rank == 0:
-        final = root / tag
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(root / tmp_tag, final)
-        with atomic_file(root / LATEST, "w") as fh:
-            fh.write(tag)
-        for _, old in checkpoint_tags(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(root / old, ignore_errors=True)
-        for partial in stale_partial_dirs(root):
-            shutil.rmtree(partial, ignore_errors=True)
+        CK.commit(root, step, keep_last)
     barrier()
-    return root / tag
+    return root / tag_of(step)
+
+
+def load_checkpoint(engine, root: Path, tag: str, options: dict, resume_keys, world: int) -> dict:
+    """Load checkpoint ``root/tag`` into ``engine`` (weights, optimizer, LR schedule); returns its client state.
+
+    Before DeepSpeed reads anything: the options in ``resume_keys``, the world size and the ZeRO stage must
+    match the checkpoint's, and no file may unpickle anything beyond tensors, containers and DeepSpeed's own
+    bookkeeping classes. Every failure is one :class:`GFTError` naming the checkpoint.
+    """
+    directory = Path(root) / tag
+    path = directory / TRAINING_STATE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise GFTError(f"checkpoint {directory} has no readable {TRAINING_STATE}") from None
+    mine = json.loads(json.dumps({k: options.get(k) for k in resume_keys}))
+    was = saved.get("options", {})
+    diffs = [k for k in resume_keys if k in was and was[k] != mine[k]]
+    if diffs:
+        raise GFTError("cannot resume: options differ from the checkpoint's: "
+                       + ", ".join(f"{k} ({was[k]!r} → {mine[k]!r})" for k in diffs))
+    if saved.get("world_size", world) != world:
+        raise GFTError(f"cannot resume: {directory} was saved by {saved['world_size']} processes, this run has "
+                       f"{world} (resume with the same number, or start a new run with --init-from an export)")
+    stage = engine.zero_optimization_stage()
+    if saved.get("zero_stage", stage) != stage:
+        raise GFTError(f"cannot resume: {directory} was saved with ZeRO stage {saved['zero_stage']}, this run "
+                       f"uses {stage}")
+    for file in sorted(directory.glob("*.pt")):
+        unsafe = unsafe_pickle_globals(file, DEEPSPEED_PICKLE_GLOBALS)
+        if unsafe:
+            raise GFTError(f"refusing to load {file}: unpickling it would import {', '.join(unsafe[:3])} and could "
+                           "run code")
+    try:
+        loaded, client = engine.load_checkpoint(str(root), tag=tag)
+    except GFTError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - DeepSpeed/torch raise many types for a damaged checkpoint
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise GFTError(f"could not load checkpoint {directory}: {type(exc).__name__}: {first}") from None
+    if loaded is None:
+        raise GFTError(f"could not load checkpoint {directory}")
+    return client
 
 
 def load_rank_state(root: Path, tag: str, rank: int) -> dict:
-    path = root / tag / f"rank_state_{rank:03d}.pt"
+    path = Path(root) / tag / f"rank_state_{rank:03d}.pt"
     if not path.is_file():
-        raise GFTError(f"checkpoint {root / tag} has no state for rank {rank} (saved with another world size?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GFTError(f"checkpoint file {path} is corrupt or truncated ({type(exc).__name__})") from None
+        raise GFTError(f"checkpoint {Path(root) / tag} has no state for rank {rank} (saved with another world size?)")
+    return load_torch_file(path)

@@ -24,10 +24,32 @@ class LossInputs:
 
 class Family:
     name: str = ""
+    # config fields the loop sets from the tokenizer and the data (not settable through model overrides)
+    derived_keys: tuple[str, ...] = ("vocab_size", "grid_size", "num_classes", "tokenizer")
 
     @property
     def model_class(self):
         return FAMILIES[self.name]["model"]
+
+    def check_options(self, preset: str | None, overrides: dict) -> None:
+        """Refuse an unknown preset or model-override key up front, before any data is read or written."""
+        import difflib
+        import inspect
+
+        def hint(word, known):
+            close = difflib.get_close_matches(word, sorted(known), n=1)
+            return f" (did you mean {close[0]!r}?)" if close else ""
+
+        presets = FAMILIES[self.name]["presets"]
+        if preset is not None and preset not in presets:
+            raise GFTError(f"unknown {self.name} preset {preset!r}{hint(preset, presets)}; known: {', '.join(presets)}")
+        config_class = self.model_class.config_class
+        known = {p for p in inspect.signature(config_class.__init__).parameters if p not in ("self", "kwargs")}
+        for key in overrides:
+            if key in self.derived_keys:
+                raise GFTError(f"model option {key!r} is set from the tokenizer and the data; remove it from `model:`")
+            if key not in known:
+                raise GFTError(f"unknown model option {key!r} in `model:`{hint(str(key), known)}")
 
     def config(self, preset: str, tokenizer, num_classes: int, overrides: dict):
         raise NotImplementedError

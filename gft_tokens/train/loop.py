@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from ..config import opt, to_dict
-from ..data.codes import batch_indices, check_codes_match, shapes_codes, view_indices
+from ..data.codes import batch_indices, check_codes_match, shapes_codes
+from ..data.shards import ShardStream
 from ..errors import GFTError
-from ..io import atomic_file, config_replace
+from ..io import atomic_file, check_writable, config_replace
 from ..objectives import OBJECTIVES
 from ..tokenizers import load_tokenizer
 from . import engine as E
@@ -32,14 +33,17 @@ class TrainOptions:
     objective: str = opt("gft", "training objective: gft (guidance-free) or cfg (the baseline)", choices=("gft", "cfg"))
     init_from: str | None = opt(None, "start from this exported model dir (e.g. a CFG model, to GFT-fine-tune it)")
     tokenizer: str = opt("tokenizers/shapes-vq", "tokenizer directory (config.json + model.safetensors)")
-    data: str = opt("shapes", "training data: 'shapes' (the embedded dataset)")
+    data: str = opt("shapes", "training data: 'shapes' (the embedded dataset) or webdataset shards of images or "
+                              "codes, e.g. 'shards/{000000..000031}.tar' (see gft_tokens/data/shards.py)")
+    num_classes: int | None = opt(None, "number of classes of shard data (default: from the shards' dataset.json)")
+    data_workers: int = opt(2, "DataLoader worker processes per rank reading shards (0: read in the main process)")
     train_images: int = opt(10000, "number of embedded-shapes images to train on (each also flipped)")
-    steps: int = opt(400, "optimizer steps")
+    steps: int = opt(1000, "optimizer steps")
     batch_size: int = opt(64, "micro-batch size per process")
     grad_accum: int = opt(1, "gradient accumulation steps (global batch = batch_size x grad_accum x processes)")
-    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    lr: float = opt(2e-3, "peak learning rate (AdamW; LlamaGen's GPT-B+ recipe uses 1e-4)")
     min_lr_ratio: float = opt(0.1, "cosine schedule floor as a fraction of lr")
-    warmup_steps: int = opt(20, "linear warm-up steps")
+    warmup_steps: int = opt(50, "linear warm-up steps")
     weight_decay: float = opt(0.05, "AdamW weight decay on matrices and embeddings")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
@@ -55,6 +59,8 @@ class TrainOptions:
     save_every: int = opt(200, "checkpoint every N optimizer steps (0: only at the end)")
     keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)")
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>/checkpoints")
+    on_nonfinite: str = opt("stop", "on a non-finite loss: stop (the last checkpoint stays intact) or skip that "
+                            "optimizer update (counted and logged)", choices=("stop", "skip"))
     seed: int = opt(0, "seed of initialisation, data order and the β / label-dropout draws")
     log_every: int = opt(10, "write a loss line every N steps")
     threads: int = opt(0, "torch CPU threads per process (0: leave the default)")
@@ -97,6 +103,17 @@ class _Log:
         if self.rank == 0:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+
+
+def _draws(o: TrainOptions, step: int, offset: int, global_bs: int):
+    """β ~ U(0,1), label dropout and a view pick for rows ``offset …`` of the step's global batch.
+
+    They depend on a row's place in the global batch only, not on the process that trains it, so the same global
+    batch gives the same run on any number of processes.
+    """
+    u = torch.rand(3, global_bs, generator=torch.Generator().manual_seed(o.seed * 1_000_003 + step))
+    u = u[:, offset:offset + o.batch_size]
+    return u[0], u[1] < o.drop_prob, u[2]
 
 
 def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, ds_cfg: dict, rank: int):
@@ -165,14 +182,13 @@ def train(family_name: str, o: TrainOptions) -> dict:
     if family_name not in FAMILY_ADAPTERS:
         raise GFTError(f"unknown model family {family_name!r}")
     family = FAMILY_ADAPTERS[family_name]
+    family.check_options(None if o.init_from else o.preset, o.model)  # before any data is read
     if o.threads:
         torch.set_num_threads(o.threads)
     if o.steps <= 0 or o.batch_size <= 0 or o.grad_accum <= 0:
         raise GFTError("steps, batch_size and grad_accum must be positive")
     if not 0.0 <= o.drop_prob < 1.0:
         raise GFTError(f"drop_prob must lie in [0, 1), got {o.drop_prob}")
-    if o.data != "shapes":
-        raise GFTError(f"unknown data source {o.data!r}: use 'shapes' (the embedded dataset)")
 
     out = Path(o.out)
     ckpt_root = out / "checkpoints"
@@ -183,16 +199,32 @@ def train(family_name: str, o: TrainOptions) -> dict:
     ds_cfg = E.finalize_ds_config(E.load_ds_config(o.ds_config, o.zero_stage), micro_batch=o.batch_size,
                                   grad_accum=o.grad_accum, world=world, grad_clip=o.grad_clip, bf16=o.bf16)
     stage = E.zero_stage(ds_cfg)
+    data = stream = None
+    if o.data != "shapes":  # webdataset shards, a stream per rank (checked before anything is written)
+        stream = ShardStream(o.data, tokenizer=tokenizer, rank=rank, world=world, batch_size=o.batch_size,
+                             seed=o.seed, workers=o.data_workers, num_classes=o.num_classes)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
-    E.barrier()
-    if rank != 0:
-        data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
+        check_writable(out)  # created (with what goes in it) only once the inputs have checked out
+    if stream is None:
+        if rank == 0:
+            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
+        E.barrier()
+        if rank != 0:
+            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
+    num_classes = data.num_classes if stream is None else stream.num_classes
 
-    model = _build_model(family, o, tokenizer, data.num_classes, ds_cfg, rank)
-    check_codes_match(data, model.config.vocab_size, family.token_shape(model.config))
+    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank)
+    if num_classes > model.config.num_classes:
+        raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
+    if stream is None:
+        check_codes_match(data, model.config.vocab_size, family.token_shape(model.config))
+    else:
+        stream.expect(model.config.vocab_size, family.token_shape(model.config))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    held = torch.zeros(world, dtype=torch.long)  # parameters this rank stores (its ZeRO-3 partition)
+    held[rank] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+    if world > 1:
+        torch.distributed.all_reduce(held)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
         model_parameters=E.param_groups(model, o.weight_decay),
@@ -201,25 +233,20 @@ def train(family_name: str, o: TrainOptions) -> dict:
         config=ds_cfg,
     )
     module = engine.module
+    if stream is not None and stream.kind == "images":
+        tokenizer.to(engine.device)  # images are encoded on the fly, on the training device
     ema = E.EMA(module, o.ema_decay, stage) if o.ema else None
     gen = torch.Generator().manual_seed(o.seed * 1000 + rank)
     objective = OBJECTIVES[o.objective]
 
-    start_step = 0
+    start_step, skipped = 0, 0
     if o.resume:
         tag = E.latest_tag(ckpt_root, log=log)
         if tag is None:
             log(f"--resume: no checkpoint in {ckpt_root}; starting from scratch")
         else:
-            path, client = engine.load_checkpoint(str(ckpt_root), tag=tag)
-            if path is None:
-                raise GFTError(f"could not load checkpoint {ckpt_root / tag}")
-            saved = client.get("options", {})
-            diffs = [k for k in RESUME_KEYS if k in saved and saved[k] != to_dict(o)[k]]
-            if diffs:
-                raise GFTError("cannot resume: options differ from the checkpoint's: "
-                               + ", ".join(f"{k} ({saved[k]!r} → {to_dict(o)[k]!r})" for k in diffs))
-            start_step = int(client["step"])
+            client = E.load_checkpoint(engine, ckpt_root, tag, to_dict(o), RESUME_KEYS, world)
+            start_step, skipped = int(client["step"]), int(client.get("skipped", 0))
             rs = E.load_rank_state(ckpt_root, tag, rank)
             torch.set_rng_state(rs["torch_rng"])
             gen.set_state(rs["generator"])
@@ -227,10 +254,14 @@ def train(family_name: str, o: TrainOptions) -> dict:
                 ema.load_state_dict(rs["ema"])
             log(f"resumed from {ckpt_root / tag} at step {start_step}")
     train_log = _Log(out / "train_log.jsonl", rank, start_step if o.resume else None)
+    if stream is not None:
+        stream.start(skip=start_step * o.grad_accum * o.batch_size)  # this rank's position in its stream
+    global_bs = o.batch_size * o.grad_accum * world
 
+    source = f"{len(data)} training images x {data.views} views" if stream is None else stream.describe()
     log(f"{family_name} {module.config.preset or ''}: {n_params / 1e6:.2f}M params, objective {o.objective}, "
-        f"ZeRO-{stage}, {world} process(es), global batch {o.batch_size * o.grad_accum * world}, "
-        f"{len(data)} training images x {data.views} views, {o.steps} steps")
+        f"ZeRO-{stage}, {world} process(es), global batch {global_bs}, {source}, {o.steps} steps")
+    log(f"parameters held per rank: {held.tolist()} (of {n_params})")
 
     def export(step: int) -> None:
         state = E.consolidated_state_dict(module, stage, rank)
@@ -243,7 +274,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
                 module.save_pretrained(out / "model_ema", state_dict=state)
 
     def checkpoint(step: int) -> None:
-        client = {"step": step, "options": to_dict(o)}
+        client = {"step": step, "options": to_dict(o), "skipped": skipped}
         rank_state = {"torch_rng": torch.get_rng_state(), "generator": gen.get_state()}
         if ema is not None:
             rank_state["ema"] = ema.state_dict()
@@ -255,48 +286,74 @@ def train(family_name: str, o: TrainOptions) -> dict:
     bar = tqdm(range(start_step, o.steps), desc=f"train {family_name} ({o.objective})", disable=rank != 0,
                initial=start_step, total=o.steps, dynamic_ncols=True)
     for step in bar:
-        losses, own_losses = [], []
+        losses, own_losses, nonfinite = [], [], False
         log_step = (step + 1) % o.log_every == 0 or step + 1 == o.steps
         for micro in range(o.grad_accum):
-            idx = batch_indices(len(data), step, micro, rank, world, o.batch_size, o.grad_accum, o.seed)
-            codes, labels = data.batch(idx, view_indices(len(idx), data.views, step, micro, rank, o.seed))
+            beta, drop, view = _draws(o, step, (micro * world + rank) * o.batch_size, global_bs)
+            if stream is None:
+                idx = batch_indices(len(data), step, micro, rank, world, o.batch_size, o.grad_accum, o.seed)
+                codes, labels = data.batch(idx, (view * data.views).long())
+            else:
+                codes, labels = stream.next_batch()
             codes, labels = codes.to(engine.device), labels.to(engine.device)
             inputs = family.loss_inputs(module, codes, gen)
             result = objective(inputs.logits_fn, inputs.targets, labels, null_cond=module.null_class,
                                module=module, drop_prob=o.drop_prob, generator=gen, loss_mask=inputs.loss_mask,
-                               want_own=log_step)
+                               want_own=log_step, beta=beta.to(engine.device), drop=drop.to(engine.device))
             finite = torch.tensor([float(torch.isfinite(result.loss))])
             if world > 1:
                 torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-            if finite.item() < 1:
-                raise GFTError(f"non-finite loss at step {step} (micro-batch {micro}); the last good checkpoint "
-                               f"in {ckpt_root} is intact — lower the learning rate or check the data, then --resume")
-            engine.backward(result.loss)
-            engine.step()
+            if finite.item() < 1 and o.on_nonfinite == "stop":
+                raise GFTError(f"non-finite loss at step {step + 1} (micro-batch {micro}); the last good checkpoint"
+                               f" in {ckpt_root} is intact — lower the learning rate or check the data, then --resume")
+            nonfinite |= finite.item() < 1
+            engine.backward(result.loss)  # also when non-finite: the update is cancelled at the boundary below
+            if micro + 1 < o.grad_accum:
+                engine.step()
+            elif not E.optimizer_step(engine, cancel=nonfinite) and not nonfinite:
+                if o.on_nonfinite == "stop":  # DeepSpeed found non-finite gradients and dropped the update
+                    raise GFTError(f"non-finite gradients at step {step + 1}; the last good checkpoint in "
+                                   f"{ckpt_root} is intact — lower the learning rate, then --resume")
+                nonfinite = True
             losses.append(result.loss.item())
             own_losses.append(result.cond_loss.item())
+        done = step + 1
+        if nonfinite:
+            skipped += 1
+            log(f"step {done}: non-finite loss, update skipped ({skipped} skipped so far)")
+            train_log.write({"step": done, "skipped": True, "skipped_total": skipped,
+                             "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 2)})
+            if (o.save_every and done % o.save_every == 0) or done == o.steps:
+                checkpoint(done)
+            continue
         if ema is not None:
             ema.update()
-        done = step + 1
         loss = sum(losses) / len(losses)
         if world > 1:
             t = torch.tensor([loss])
             torch.distributed.all_reduce(t)
             loss = t.item() / world
         lr = scheduler.get_last_lr()[0]
-        last = {"step": done, "loss": round(loss, 5), "lr": lr, "elapsed_s": round(time.time() - t0, 2)}
+        last = {"step": done, "loss": loss, "lr": lr, "elapsed_s": round(time.time() - t0, 2)}
         if rank == 0:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if log_step:
             # the network's own CE: for GFT that of ℓ_s(x | c, β) alone, before mixing in the unconditional logits
             last["own_loss"] = round(sum(own_losses) / len(own_losses), 5)
+            if stream is not None:  # unreadable samples skipped by all ranks since this process started
+                unreadable = torch.tensor([stream.skipped])
+                if world > 1:
+                    torch.distributed.all_reduce(unreadable)
+                last["skipped_samples"] = int(unreadable.item())
             train_log.write(last)
         if (o.save_every and done % o.save_every == 0) or done == o.steps:
             checkpoint(done)
     bar.close()
     summary = {"family": family_name, "objective": o.objective, "steps": o.steps, "params": n_params,
                "final_loss": last.get("loss"), "wall_s": round(time.time() - t0, 1), "model": str(out / "model"),
-               "world_size": world, "zero_stage": stage}
+               "world_size": world, "zero_stage": stage, "params_per_rank": held.tolist(), "skipped_steps": skipped}
+    if "skipped_samples" in last:
+        summary["skipped_samples"] = last["skipped_samples"]
     log(json.dumps(summary))
     engine.destroy()
     return summary

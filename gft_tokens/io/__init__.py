@@ -10,19 +10,23 @@ half-written directory behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .errors import GFTError
+from ..errors import GFTError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -34,35 +38,107 @@ def _umask() -> int:
     return mask
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') contents to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
 def _default_modes(root: Path) -> None:
-    """Temporary files and dirs are created private (0600/0700); give the final ones the usual umask modes."""
+    """Temporary files and dirs are created private (0600/0700); give the final ones the usual umask modes.
+
+    Every file is also flushed to disk, so that the rename that follows publishes complete contents."""
     mask = _umask()
     os.chmod(root, 0o777 & ~mask)
     for p in root.rglob("*"):
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        if p.is_file():
+            fsync_path(p)
+    fsync_path(root)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>-…`` / ``.<name>.old-<pid>`` siblings of ``path`` left by a killed process."""
+    for p in path.parent.glob(f".{path.name}.*-*"):
+        rest = p.name[len(path.name) + 2:]
+        kind, _, tail = rest.partition("-")
+        pid = tail.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _mkstemp_beside(path: Path, directory: bool):
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(parent / path.name)
+        prefix = f".{path.name}.tmp-{os.getpid()}-"
+        if directory:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        return tempfile.mkstemp(prefix=prefix, dir=parent)
+    except OSError as exc:
+        raise GFTError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported here."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` in one rename.
 
-    On any exception the temporary directory is removed and ``path`` is left exactly as it was.
+    On any exception the temporary directory is removed and ``path`` is left exactly as it was. Replacing an
+    existing directory swaps the two atomically where the filesystem supports it (Linux), so ``path`` is never
+    missing, even for an instant; temporaries left by a killed process are removed by the next write.
     """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise GFTError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+    tmp = _mkstemp_beside(path, directory=True)
     try:
         yield tmp
         _default_modes(tmp)
         if path.is_dir() and not path.is_symlink():
-            old = parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if _exchange(tmp, path):
+                shutil.rmtree(tmp, ignore_errors=True)  # now holds the previous contents
+            else:
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:
@@ -74,21 +150,70 @@ def atomic_dir(path: str | os.PathLike):
 def atomic_file(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file beside ``path`` for writing; it is renamed onto ``path`` only on success."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
-    except OSError as exc:
-        raise GFTError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+    fd, tmp = _mkstemp_beside(path, directory=False)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise a :class:`GFTError` unless ``path`` is, or can be created as, a writable directory (creates nothing)."""
+    path = Path(path)
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise GFTError(f"cannot write to {path}: {probe} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise GFTError(f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def unsafe_pickle_globals(path: str | os.PathLike, allowed: Iterable[str] = ()) -> list[str]:
+    """What unpickling the ``torch.save`` file at ``path`` would import beyond tensors, plain containers and
+    ``allowed`` — read from the pickle opcodes, nothing is executed. A file that is not a readable ``torch.save``
+    archive raises a :class:`GFTError`."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/ValueError/pickle errors on bad files
+        raise GFTError(f"{path} is corrupt or truncated, or not a torch.save file ({type(exc).__name__})") from None
+    allowed = set(allowed)
+    return [g for g in found if g not in allowed]
+
+
+def load_torch_file(path: str | os.PathLike, map_location="cpu", allowed: Iterable[type] = ()):
+    """``torch.load`` for files from anywhere: only tensors and plain containers (plus the classes ``allowed``)
+    are unpickled (``weights_only=True``). A file whose unpickling would import or call anything else is refused
+    with a :class:`GFTError` (nothing in it runs), as is a missing, truncated or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GFTError(f"{str(path)!r} does not exist")
+    names = {f"{c.__module__}.{c.__qualname__}" for c in allowed}
+    try:
+        unsafe = unsafe_pickle_globals(path, names)
+    except GFTError:
+        unsafe = []  # not a zip archive: let the restricted unpickler below decide
+    if unsafe:
+        raise GFTError(f"refusing to load {path}: unpickling it would import {', '.join(unsafe[:3])} "
+                       "and could run code; only tensors and plain containers are loaded")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise GFTError(f"refusing to load {path}: it holds objects that only a full unpickler (able to run code) "
+                       "could rebuild, or it is corrupt; only tensors and plain containers are loaded") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise GFTError(f"{path} is corrupt or truncated ({type(exc).__name__})") from None
 
 
 def read_config_dict(path: str | os.PathLike) -> dict:
@@ -227,3 +352,18 @@ class GFTPreTrainedModel(PreTrainedModel):
         check_state_dict(model.state_dict(), state, str(path))
         model.load_state_dict(state, strict=True)
         return model.to(map_location).eval()
+
+
+# Official-checkpoint importers (registered by format name; see gft_tokens/io/importers.py).
+from .importers import (  # noqa: E402
+    IMPORTERS,
+    Converted,
+    Importer,
+    convert_state_dict,
+    extract_state_dict,
+    import_checkpoint,
+    load_checkpoint_file,
+    register_importer,
+)
+from . import llamagen as _llamagen_importers  # noqa: E402,F401  (registers llamagen-gpt, llamagen-vq)
+from . import var as _var_importers  # noqa: E402,F401  (registers var, var-vqvae: layout checks)

@@ -1,0 +1,457 @@
+"""webdataset shards: image folders / the embedded data → tar shards, and the sharded training stream.
+
+A shard is a tar file of samples, one sample per key: ``<key>.cls`` (the class id as text) plus either an image
+(``<key>.png`` / ``.jpg`` / ``.jpeg`` / ``.webp``) or tokenizer codes (``<key>.codes.npy``, int array of shape
+(views, *token_shape), written by ``scripts/extract_codes.py``). ``dataset.json`` beside the shards records the
+kind, the number of classes and, for codes, the tokenizer that produced them.
+
+Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
+(``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass
+through a shuffle buffer, all from the run's seed. Images are encoded with the run's tokenizer in the training
+process (centre-cropped to its image size, randomly flipped); codes shards give one random view per sample.
+Samples that cannot be read (a broken tar member, a missing ``cls``, an undecodable image, a class id out of
+range) are skipped and counted; the count reaches the training log.
+
+Data position: the stream of each rank is a deterministic function of (seed, rank, world size, number of
+workers, the shards). Its position is the number of samples the rank has consumed, ``step × grad_accum ×
+batch_size``; resuming skips that many samples of the same stream (reading them, without decoding images), so a
+resumed run sees the samples an uninterrupted one would — exactly, unless a sample in the skipped range failed to
+decode (those are not counted when skipping) or the world size / worker count changed. There is no epoch counter:
+each rank cycles through its shards indefinitely.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import itertools
+import json
+import random
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import GFTError
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+CODES_KEY = "codes.npy"
+META_NAME = "dataset.json"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shard specs
+# ---------------------------------------------------------------------------------------------------------------
+def expand_shards(spec: str) -> list[str]:
+    """``'dir/{000000..000031}.tar'`` (brace ranges and lists) or ``'dir/*.tar'`` (globs) → the existing files."""
+    from braceexpand import braceexpand
+
+    if not spec or not spec.strip():
+        raise GFTError("the shard pattern is empty")
+    out, missing = [], []
+    for item in braceexpand(spec):
+        if any(ch in item for ch in "*?["):
+            out.extend(sorted(glob.glob(item)))
+        elif Path(item).is_file():
+            out.append(item)
+        else:
+            missing.append(item)
+    if not out:
+        raise GFTError(f"the shard pattern {spec!r} matches no files")
+    if missing:
+        raise GFTError(f"{len(missing)} shard(s) of {spec!r} do not exist: {', '.join(missing[:3])}")
+    return out
+
+
+def read_meta(shards: list[str]) -> dict:
+    """``dataset.json`` from the first shard's directory ({} if there is none)."""
+    path = Path(shards[0]).parent / META_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GFTError(f"{path} is not valid JSON ({exc.msg})") from None
+
+
+def check_shard(path: str) -> None:
+    """Refuse a shard that is empty or not a readable tar file."""
+    try:
+        with tarfile.open(path, "r") as tf:
+            if tf.next() is None:
+                raise GFTError(f"shard {path} is empty (a tar file with no members)")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise GFTError(f"shard {path} is not a readable tar file (corrupt or empty): {exc}") from None
+
+
+def _raw_samples(urls: Iterable[str], handler) -> Iterator[dict]:
+    import webdataset as wds
+
+    return wds.tarfile_samples([{"url": u} for u in urls], handler=handler)
+
+
+def first_sample(path: str) -> dict:
+    def reraise(exn):
+        raise GFTError(f"shard {path} cannot be read: {exn}")
+
+    for sample in _raw_samples([path], reraise):
+        return sample
+    raise GFTError(f"shard {path} holds no samples")
+
+
+def sample_kind(sample: dict, where: str) -> str:
+    """'images' or 'codes' from a raw sample's keys; refuses samples without ``cls`` or data."""
+    keys = sorted(k for k in sample if not k.startswith("__"))
+    if "cls" not in sample:
+        raise GFTError(f"shards have no 'cls' entry: sample {sample.get('__key__')!r} in {where} has only "
+                       f"{keys}; each sample needs <key>.cls (make_shards.py writes it)")
+    if CODES_KEY in sample:
+        return "codes"
+    if any(k in sample for k in IMAGE_KEYS):
+        return "images"
+    raise GFTError(f"sample {sample.get('__key__')!r} in {where} has neither an image ({', '.join(IMAGE_KEYS)}) "
+                   f"nor {CODES_KEY}: {keys}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------
+def center_crop(image, size: int):
+    """ADM/LlamaGen centre crop: halve with a box filter while ≥ 2×size, bicubic-resize the short side to
+    ``size``, crop the centre. PIL image in, PIL image (size × size, RGB) out."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image) -> torch.Tensor:
+    """PIL RGB image → float tensor (3, H, W) in [-1, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def decode_image(data: bytes):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image.convert("RGB")
+
+
+def image_views(image, size: int, ten_crop: bool = False, crop_range: float = 1.1, flip: bool = True) -> torch.Tensor:
+    """Augmented views as LlamaGen's code extraction makes them: (views, 3, size, size) in [-1, 1].
+
+    ``ten_crop``: centre-crop to ``int(size·crop_range)``, then the four corners and the centre at ``size`` and
+    their horizontal flips (torchvision's TenCrop order) — 10 views. Otherwise the centre crop at ``size`` and its
+    flip (2 views), or only the crop (``flip=False``).
+    """
+    if ten_crop:
+        big = to_tensor(center_crop(image, int(size * crop_range)))
+        s, h = size, big.shape[-1]
+        c = int(round((h - s) / 2.0))
+        crops = [big[:, :s, :s], big[:, :s, h - s:], big[:, h - s:, :s], big[:, h - s:, h - s:],
+                 big[:, c:c + s, c:c + s]]
+        crops += [torch.flip(x, dims=[-1]) for x in crops]
+        return torch.stack(crops)
+    x = to_tensor(center_crop(image, size))
+    return torch.stack([x, torch.flip(x, dims=[-1])] if flip else [x])
+
+
+def encode_codes(tokenizer, images: torch.Tensor) -> torch.Tensor:
+    """``tokenizer.encode`` with the scales of a multi-scale tokenizer concatenated (flattened) per image."""
+    codes = tokenizer.encode(images)
+    if isinstance(codes, (list, tuple)):
+        codes = torch.cat([c.flatten(1) for c in codes], dim=1)
+    return codes.cpu()
+
+
+def encode_png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_jpg(image, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources (for make_shards.py / extract_codes.py): (key, PIL image or None if unreadable, label)
+# ---------------------------------------------------------------------------------------------------------------
+def image_folder_items(root: str | Path, seed: int = 0) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Files of an image folder with one sub-folder per class: shuffled (file, class id) pairs and class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GFTError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise GFTError(f"{root} has no class sub-folders (expected {root}/<class name>/<image files>)")
+    items = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
+             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not items:
+        raise GFTError(f"{root} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders")
+    random.Random(seed).shuffle(items)
+    return items, classes
+
+
+def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_size: int = 32):
+    """``(meta, iterator of (key, label, PIL image or None when unreadable))`` for ``data``: ``'shapes'`` (the
+    embedded dataset, ``count`` images), an image folder with one sub-folder per class, or a shard pattern."""
+    if data == "shapes":
+        from .shapes import CLASS_NAMES, ShapesDataset, render
+
+        from PIL import Image
+
+        ds = ShapesDataset(length=count or 10000, size=shapes_size, seed=seed)
+
+        def shapes():
+            for i in range(len(ds)):
+                p = ds.params(i)
+                arr = ((render(p, shapes_size) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+                yield f"{i:08d}", p.label, Image.fromarray(arr)
+
+        return {"num_classes": len(CLASS_NAMES), "class_names": list(CLASS_NAMES), "source": "shapes"}, shapes()
+    if Path(data).is_dir():
+        items, classes = image_folder_items(data, seed)
+        items = items[:count] if count else items
+
+        def folder():
+            for i, (path, label) in enumerate(items):
+                try:
+                    image = decode_image(path.read_bytes())
+                except Exception:
+                    image = None
+                yield f"{i:08d}", label, image
+
+        return {"num_classes": len(classes), "class_names": classes, "source": str(data)}, folder()
+    shards = expand_shards(data)
+    for path in shards:
+        check_shard(path)
+    meta = read_meta(shards)
+    kind = sample_kind(first_sample(shards[0]), shards[0])
+    if kind != "images":
+        raise GFTError(f"{data} holds {kind}, not images")
+    skipped = [0]
+
+    def count_error(_exn) -> bool:
+        skipped[0] += 1
+        return True
+
+    def from_shards():
+        n = 0
+        for sample in _raw_samples(shards, count_error):
+            if count and n >= count:
+                return
+            n += 1
+            try:
+                label = int(sample["cls"].decode().strip())
+                image = decode_image(next(sample[k] for k in IMAGE_KEYS if k in sample))
+            except Exception:
+                yield sample.get("__key__", f"{n:08d}"), -1, None
+                continue
+            yield sample["__key__"], label, image
+        for _ in range(skipped[0]):
+            yield "unreadable", -1, None
+
+    meta = {k: meta[k] for k in ("num_classes", "class_names") if k in meta}
+    return {**meta, "source": data}, from_shards()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------
+def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta: dict) -> dict:
+    """Write ``samples`` (dicts of ``__key__`` and bytes per extension) as ``out/000000.tar`` … + ``dataset.json``.
+
+    The directory appears only when complete (written beside it and renamed). Returns the metadata written.
+    """
+    import webdataset as wds
+
+    from ..io import atomic_dir
+
+    if shard_size <= 0:
+        raise GFTError(f"shard size must be positive, got {shard_size}")
+    count, shards, writer = 0, 0, None
+    with atomic_dir(out) as tmp:
+        try:
+            for sample in samples:
+                if count % shard_size == 0:
+                    if writer is not None:
+                        writer.close()
+                    writer = wds.TarWriter(str(tmp / f"{shards:06d}.tar"), encoder=False)
+                    shards += 1
+                writer.write(sample)
+                count += 1
+        finally:
+            if writer is not None:
+                writer.close()
+        if count == 0:
+            raise GFTError("no samples to write (every input was unreadable?)")
+        meta = {**meta, "count": count, "shards": shards,
+                "pattern": f"{{000000..{shards - 1:06d}}}.tar"}
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training stream
+# ---------------------------------------------------------------------------------------------------------------
+def _complete(sample: dict) -> bool:
+    return "cls" in sample and (CODES_KEY in sample or any(k in sample for k in IMAGE_KEYS))
+
+
+class _Samples(torch.utils.data.IterableDataset):
+    """One rank's endless stream of decoded samples ``(tensor, label, skipped_since_last)``; see the module doc."""
+
+    def __init__(self, shards, kind, num_classes, image_size, seed, rank, skip, buffer):
+        super().__init__()
+        self.shards, self.kind, self.num_classes, self.image_size = shards, kind, num_classes, image_size
+        self.seed, self.rank, self.skip, self.buffer = seed, rank, skip, buffer
+
+    def _decode(self, sample: dict, aug: int):
+        label = int(sample["cls"].decode().strip())
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"class id {label} outside [0, {self.num_classes})")
+        if self.kind == "codes":
+            codes = np.load(io.BytesIO(sample[CODES_KEY]), allow_pickle=False)
+            codes = codes[aug % codes.shape[0]] if codes.ndim >= 2 else codes
+            return torch.from_numpy(codes.astype(np.int64)), label
+        data = next(sample[k] for k in IMAGE_KEYS if k in sample)
+        x = to_tensor(center_crop(decode_image(data), self.image_size))
+        return (torch.flip(x, dims=[-1]) if aug & 1 else x), label
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # samples of this worker among the first `skip` the main process consumed (round-robin over workers)
+        to_skip = max(0, (self.skip - worker + workers - 1) // workers)
+        skipped = [0]
+
+        def count(_exn) -> bool:
+            skipped[0] += 1
+            return True
+
+        rng = random.Random(f"{self.seed}/{self.rank}/{worker}")
+        for epoch in itertools.count():
+            order = list(self.shards)
+            random.Random(f"{self.seed}/{self.rank}/epoch{epoch}").shuffle(order)
+            good, buf = 0, []
+            stream = _raw_samples(order[worker::workers], count)
+            for sample in itertools.chain(stream, [None] * self.buffer):
+                if sample is not None:
+                    if not _complete(sample):
+                        skipped[0] += 1
+                        continue
+                    buf.append(sample)
+                    if len(buf) < self.buffer:
+                        continue
+                if not buf:
+                    break
+                sample = buf.pop(rng.randrange(len(buf)))
+                aug = rng.getrandbits(31)
+                if to_skip:
+                    to_skip -= 1
+                    good += 1
+                    continue
+                try:
+                    x, label = self._decode(sample, aug)
+                except Exception:
+                    skipped[0] += 1
+                    continue
+                good += 1
+                yield x, label, skipped[0]
+                skipped[0] = 0
+            if good == 0:
+                raise GFTError(f"no readable samples in shards {', '.join(order[worker::workers][:3])} "
+                               f"({skipped[0]} unreadable)")
+
+
+class ShardStream:
+    """Micro-batches of codes from webdataset shards for one rank of a training run.
+
+    >>> stream = ShardStream("shards/{000000..000031}.tar", tokenizer=tok, rank=0, world=1, batch_size=64)
+    >>> stream.start(skip=0)
+    >>> codes, labels = stream.next_batch()       # (64, *token grid) int64, (64,) int64
+    """
+
+    def __init__(self, spec: str, *, tokenizer, rank: int, world: int, batch_size: int, seed: int = 0,
+                 workers: int = 2, num_classes: int | None = None, buffer: int = 1000):
+        self.spec, self.tokenizer, self.batch_size = spec, tokenizer, batch_size
+        self.rank, self.seed, self.buffer = rank, seed, buffer
+        shards = expand_shards(spec)
+        if len(shards) < world:
+            raise GFTError(f"{len(shards)} shard(s) cannot be split over {world} processes: make at least {world}")
+        self.shards = shards[rank::world]
+        for path in self.shards:
+            check_shard(path)
+        self.meta = read_meta(shards)
+        self.kind = sample_kind(first_sample(self.shards[0]), self.shards[0])
+        if self.meta.get("kind") not in (None, self.kind):
+            raise GFTError(f"{META_NAME} says the shards hold {self.meta['kind']}, but they hold {self.kind}")
+        self.num_classes = num_classes if num_classes is not None else self.meta.get("num_classes")
+        if self.num_classes is None:
+            raise GFTError(f"the number of classes is unknown: the shards have no {META_NAME} with num_classes; "
+                           "pass --num-classes")
+        if self.kind == "codes":
+            made_with = self.meta.get("tokenizer") or {}
+            mine = tokenizer.describe()
+            for key in ("type", "codebook_size", "grid_size"):
+                if key in made_with and made_with[key] != mine.get(key):
+                    raise GFTError(f"the codes in {spec} were made by a tokenizer with {key} {made_with[key]}; "
+                                   f"the run's tokenizer has {mine.get(key)}")
+        self.workers = max(0, min(workers, len(self.shards)))
+        self.skipped = 0
+        self._iter = None
+        self._expect = None
+
+    def expect(self, vocab_size: int, token_shape: tuple[int, ...]) -> None:
+        """Check every batch against the model: codes shape and vocabulary."""
+        self._expect = (vocab_size, tuple(token_shape))
+
+    def start(self, skip: int = 0) -> None:
+        """Begin the stream after ``skip`` samples of this rank (the position of a resumed run)."""
+        dataset = _Samples(self.shards, self.kind, self.num_classes, self.tokenizer.image_size, self.seed,
+                           self.rank, skip, self.buffer)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
+                                             persistent_workers=False)
+        self._iter = iter(loader)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._iter is None:
+            self.start(0)
+        xs, labels = [], []
+        for _ in range(self.batch_size):
+            try:
+                x, label, skipped = next(self._iter)
+            except GFTError as exc:  # raised in a DataLoader worker: keep the message, drop the traceback
+                raise GFTError(str(exc).strip().splitlines()[-1].split("GFTError: ")[-1]) from None
+            xs.append(x)
+            labels.append(int(label))
+            self.skipped += int(skipped)
+        x = torch.stack(xs)
+        if self.kind == "images":
+            codes = encode_codes(self.tokenizer, x)
+        else:
+            codes = x
+        if self._expect is not None:
+            vocab, shape = self._expect
+            if tuple(codes.shape[1:]) != shape:
+                raise GFTError(f"codes from {self.spec} have token shape {tuple(codes.shape[1:])}, the model "
+                               f"expects {shape}")
+            if int(codes.max()) >= vocab or int(codes.min()) < 0:
+                raise GFTError(f"codes from {self.spec} contain ids outside the vocabulary [0, {vocab})")
+        return codes, torch.tensor(labels, dtype=torch.long)
+
+    def describe(self) -> str:
+        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec})"

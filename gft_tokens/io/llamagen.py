@@ -1,0 +1,226 @@
+"""Importers for FoundationVision/LlamaGen checkpoints: the c2i GPT (GPT-B … GPT-3B, GPT-7B) and the VQ tokenizer.
+
+``llamagen-gpt``: our :class:`~gft_tokens.models.llamagen.LlamaGen` uses the official parameter names, 2D RoPE
+(class-token rows zero) and SwiGLU sizes, so the weights map one to one. What the weights do not say is supplied or
+detected: the preset (n_head is not visible in the shapes; it is found from n_layer, dim and the FFN width), the
+token grid (``grid_size``: 16 for 256px, 24 for 384px images with VQ-16; required, never guessed from a file
+name). A stray ``freqs_cis`` (some consolidated FSDP checkpoints carry the RoPE table) and KV-cache buffers are
+dropped. A GFT checkpoint's ``t_embedder.*`` (thu-ml/GFT) becomes our ``beta_embedder.*`` (same sinusoid of β·1000
+and MLP); a plain LlamaGen checkpoint gets the β embedder added with its last layer zero-initialised, so the
+imported model equals the published one at every β until GFT fine-tuning moves it.
+
+``llamagen-vq``: the VQ-16 / VQ-8 tokenizer into :class:`~gft_tokens.tokenizers.llamagen_vq.LlamaGenVQ` (same
+names); the channel layout is read from the shapes, ``image_size`` is required.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import GFTError
+from .importers import Converted, Importer, register_importer
+
+GPT_IGNORED = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def _need(state: dict, key: str, what: str) -> torch.Tensor:
+    if key not in state:
+        sample = ", ".join(sorted(state)[:4])
+        raise GFTError(f"not a {what} state dict: it has no {key!r} (its keys start: {sample} …)")
+    return state[key]
+
+
+def gpt_dims(state: dict[str, torch.Tensor]) -> dict:
+    """Sizes readable from a LlamaGen c2i GPT state dict's shapes."""
+    if any(k.startswith("cls_embedding.cap_proj") for k in state):
+        raise GFTError("this is a text-to-image (t2i) LlamaGen checkpoint; only class-conditional (c2i) ones import")
+    tok = _need(state, "tok_embeddings.weight", "LlamaGen c2i GPT")
+    cls = _need(state, "cls_embedding.embedding_table.weight", "LlamaGen c2i GPT")
+    layers = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
+    if not layers:
+        raise GFTError("not a LlamaGen c2i GPT state dict: no layers.N.* keys")
+    qkv = _need(state, "layers.0.attention.wqkv.weight", "LlamaGen c2i GPT")
+    w1 = _need(state, "layers.0.feed_forward.w1.weight", "LlamaGen c2i GPT")
+    return {"dim": tok.shape[1], "vocab_size": tok.shape[0], "num_classes": cls.shape[0] - 1,
+            "n_layer": layers[-1] + 1, "ffn_hidden": w1.shape[0], "qkv_rows": qkv.shape[0]}
+
+
+def fitting_presets(dims: dict) -> list[str]:
+    """Presets whose n_layer, dim, FFN width and (MHA) qkv size match ``dims``."""
+    from ..models.llamagen import PRESETS
+    from ..nn import swiglu_hidden_dim
+
+    out = []
+    for name, p in PRESETS.items():
+        if (p["n_layer"], p["dim"]) != (dims["n_layer"], dims["dim"]) or dims["qkv_rows"] != 3 * dims["dim"]:
+            continue
+        if swiglu_hidden_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")) == dims["ffn_hidden"]:
+            out.append(name)
+    return out
+
+
+def _describe(dims: dict) -> str:
+    return (f"n_layer {dims['n_layer']}, dim {dims['dim']}, FFN {dims['ffn_hidden']}, vocab {dims['vocab_size']}, "
+            f"{dims['num_classes']} classes")
+
+
+def _expected_shapes(config) -> dict[str, tuple]:
+    from ..models.llamagen import LlamaGen
+
+    with torch.device("meta"):
+        model = LlamaGen(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _tokenizer_record(tokenizer: str | None, vocab: int, grid: int) -> dict:
+    if tokenizer is None:
+        return {"codebook_size": vocab, "grid_size": [grid, grid]}
+    from ..tokenizers import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    desc = tok.describe()
+    if desc["codebook_size"] != vocab or list(desc["grid_size"]) != [grid, grid]:
+        raise GFTError(f"tokenizer {tokenizer} has codebook {desc['codebook_size']} and grid {desc['grid_size']}, "
+                       f"the checkpoint needs codebook {vocab} and grid [{grid}, {grid}]")
+    return {**desc, "path": str(tokenizer)}
+
+
+def _custom_multiple_of(dim: int, hidden: int) -> int:
+    from ..nn import swiglu_hidden_dim
+
+    for m in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        if swiglu_hidden_dim(dim, m) == hidden:
+            return m
+    raise GFTError(f"FFN width {hidden} is not LlamaGen's SwiGLU width for dim {dim} at any multiple_of")
+
+
+def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None = None, preset: str | None = None,
+                         n_head: int | None = None, beta_embed: bool = True, tokenizer: str | None = None) -> Converted:
+    from ..models.llamagen import PRESETS, LlamaGen, LlamaGenConfig
+    from ..conditioning import BetaEmbedder
+
+    if grid_size is None:
+        raise GFTError("grid_size is required: the token grid is not stored in the weights (LlamaGen with VQ-16: "
+                       "16 for 256px images, 24 for 384px)")
+    if grid_size <= 0:
+        raise GFTError(f"grid_size must be positive, got {grid_size}")
+    notes = []
+    dropped = sorted(k for k in state if GPT_IGNORED.match(k))
+    if dropped:
+        notes.append(f"dropped {len(dropped)} non-weight entries ({', '.join(dropped[:3])})")
+    state = {k: v for k, v in state.items() if not GPT_IGNORED.match(k)}
+    dims = gpt_dims(state)
+    fits = fitting_presets(dims)
+    common = dict(vocab_size=dims["vocab_size"], num_classes=dims["num_classes"], grid_size=grid_size,
+                  beta_embed=beta_embed, tokenizer=_tokenizer_record(tokenizer, dims["vocab_size"], grid_size))
+    if preset is not None:
+        if preset not in PRESETS:
+            raise GFTError(f"unknown LlamaGen preset {preset!r}; known: {', '.join(PRESETS)}")
+        config = LlamaGenConfig(**{**PRESETS[preset], "preset": preset, **common})
+        if n_head is not None and n_head != config.n_head:
+            raise GFTError(f"preset {preset} has n_head {config.n_head}, not {n_head}")
+    elif n_head is not None:
+        if dims["dim"] % n_head:
+            raise GFTError(f"dim {dims['dim']} is not divisible by n_head {n_head}")
+        head_dim = dims["dim"] // n_head
+        kv = (dims["qkv_rows"] // head_dim - n_head) // 2
+        config = LlamaGenConfig(dim=dims["dim"], n_layer=dims["n_layer"], n_head=n_head,
+                                n_kv_head=None if kv == n_head else kv,
+                                multiple_of=_custom_multiple_of(dims["dim"], dims["ffn_hidden"]), **common)
+        notes.append(f"custom size: {_describe(dims)}, n_head {n_head}")
+    elif len(fits) == 1:
+        preset = fits[0]
+        config = LlamaGenConfig(**{**PRESETS[preset], "preset": preset, **common})
+        notes.append(f"detected preset {preset} ({_describe(dims)})")
+    else:
+        raise GFTError(f"no LlamaGen preset fits this checkpoint ({_describe(dims)}); presets: "
+                       + ", ".join(f"{k} (n_layer {v['n_layer']}, dim {v['dim']})" for k, v in PRESETS.items()
+                                   if "multiple_of" not in v)
+                       + ". For a custom size pass n_head (--n-head)")
+
+    beta_keys = {k: v for k, v in state.items() if k.startswith("t_embedder.")}
+    state = {k: v for k, v in state.items() if not k.startswith("t_embedder.")}
+    if beta_keys:
+        if not beta_embed:
+            raise GFTError("the checkpoint has a GFT β embedder (t_embedder.*); import it with beta_embed "
+                           "(drop --no-beta-embed)")
+        state.update({"beta_embedder." + k[len("t_embedder."):]: v for k, v in beta_keys.items()})
+        notes.append("β embedder imported from the GFT checkpoint's t_embedder")
+    elif beta_embed:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            emb = BetaEmbedder(config.dim, config.beta_freq_dim, std=config.initializer_range)
+        state.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
+        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at every β)")
+
+    expected = _expected_shapes(config)
+    differ = [f"{k} {tuple(state[k].shape)} (preset wants {expected[k]})"
+              for k in sorted(expected.keys() & state.keys()) if tuple(state[k].shape) != expected[k]]
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if differ or missing or unexpected:
+        parts = []
+        if differ:
+            parts.append(f"{len(differ)} keys differ in shape: " + "; ".join(differ[:4]))
+        if missing:
+            parts.append(f"missing: {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
+        if unexpected:
+            parts.append(f"unexpected: {', '.join(unexpected[:4])}"
+                         + (f" (+{len(unexpected) - 4})" if len(unexpected) > 4 else ""))
+        fit = f"it fits preset {', '.join(fits)}" if fits else "it fits no preset"
+        raise GFTError(f"checkpoint ({_describe(dims)}) does not match {config.preset or 'the given size'}: "
+                       + " | ".join(parts) + f"; {fit}")
+    return Converted(LlamaGen, config, state, notes)
+
+
+def convert_llamagen_vq(state: dict[str, torch.Tensor], image_size: int | None = None) -> Converted:
+    from ..tokenizers.llamagen_vq import VQ_PRESETS, LlamaGenVQ, LlamaGenVQConfig
+
+    if image_size is None:
+        raise GFTError("image_size is required: it sets the token grid the tokenizer reports (LlamaGen c2i: 256 "
+                       "or 384)")
+    notes = []
+    state = dict(state)
+    if "quantize.codebook_used" in state:
+        del state["quantize.codebook_used"]
+        notes.append("dropped quantize.codebook_used (a training-time usage counter)")
+    what = "LlamaGen VQ tokenizer"
+    codebook = _need(state, "quantize.embedding.weight", what)
+    conv_in = _need(state, "encoder.conv_in.weight", what)
+    quant = _need(state, "quant_conv.weight", what)
+    levels = sorted({int(m.group(1)) for k in state if (m := re.match(r"^encoder\.conv_blocks\.(\d+)\.", k))})
+    if not levels:
+        raise GFTError(f"not a {what} state dict: no encoder.conv_blocks.N.* keys")
+    ch = conv_in.shape[0]
+    mult = []
+    for i in levels:
+        w = _need(state, f"encoder.conv_blocks.{i}.res.0.conv1.weight", what)
+        if w.shape[0] % ch:
+            raise GFTError(f"encoder.conv_blocks.{i} has {w.shape[0]} channels, not a multiple of conv_in's {ch}")
+        mult.append(w.shape[0] // ch)
+    blocks = len({m.group(1) for k in state if (m := re.match(r"^encoder\.conv_blocks\.0\.res\.(\d+)\.", k))})
+    config = LlamaGenVQConfig(image_size=image_size, in_channels=conv_in.shape[1], channels=ch, channel_mult=mult,
+                              num_res_blocks=blocks, z_channels=quant.shape[1], codebook_size=codebook.shape[0],
+                              codebook_dim=codebook.shape[1])
+    name = next((k for k, v in VQ_PRESETS.items() if v == mult and ch == 128 and blocks == 2), "custom")
+    notes.append(f"{name}: channels {ch} x {mult}, {blocks} res blocks, codebook {codebook.shape[0]} x "
+                 f"{codebook.shape[1]}, downsample {config.downsample}, grid {image_size // config.downsample}")
+    return Converted(LlamaGenVQ, config, state, notes)
+
+
+register_importer(Importer(
+    "llamagen-gpt", "LlamaGen class-conditional GPT ({'model': ...} or a raw state dict; GPT-B … GPT-3B, GPT-7B; "
+    "GFT checkpoints with t_embedder too)", convert_llamagen_gpt,
+    {"grid_size": "token grid side (16 for 256px, 24 for 384px images with VQ-16); required",
+     "preset": "model preset (default: detected from the shapes)",
+     "n_head": "attention heads, for a size that matches no preset",
+     "beta_embed": "add a zero-initialised β embedder (GFT input) if the checkpoint has none (default true)",
+     "tokenizer": "tokenizer directory to record in the model (its codebook and grid must fit)"},
+))
+register_importer(Importer(
+    "llamagen-vq", "LlamaGen VQ tokenizer (VQ-16 / VQ-8) weights", convert_llamagen_vq,
+    {"image_size": "image side the tokenizer is used at (LlamaGen c2i: 256 or 384); required"},
+))

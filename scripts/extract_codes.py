@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Encode images with a tokenizer once and write shards of codes: <key>.codes.npy (views, *grid) + <key>.cls.
+
+    python scripts/extract_codes.py --data shapes --count 10000 --tokenizer tokenizers/shapes-vq --out shards/shapes-codes
+    python scripts/extract_codes.py --data 'shards/in256/{000000..000127}.tar' --tokenizer tokenizers/llamagen-vq16 \\
+        --ten-crop --out shards/in256-codes
+    python scripts/train_llamagen.py --data 'shards/shapes-codes/{000000..000009}.tar'
+
+Augmentation as LlamaGen's extract_codes_c2i.py: each image is centre-cropped to the tokenizer's image size and
+stored with its horizontal flip (2 views; --no-flip: 1), or with --ten-crop centre-cropped to int(size x
+--crop-range) and cut into the four corners and the centre plus their flips (10 views). Training picks one view
+per sample at random. --data is 'shapes', an image folder (one sub-folder per class) or a shard pattern of images.
+dataset.json records the tokenizer; training refuses codes made by a different one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gft_tokens.data.shards import encode_codes, image_views, labelled_images, write_shards
+from gft_tokens.errors import GFTError, cli_main
+from gft_tokens.tokenizers import load_tokenizer
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="'shapes', an image folder, or a shard pattern of images")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    parser.add_argument("--out", required=True, help="output directory for the code shards")
+    parser.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
+                        help="10 views: corners + centre of a crop_range-enlarged centre crop, and their flips")
+    parser.add_argument("--crop-range", type=float, default=1.1, help="ten-crop enlargement (default: 1.1)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="without --ten-crop: also store the flipped image (default: yes)")
+    parser.add_argument("--count", type=int, default=None, help="number of images (shapes: default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="shapes: dataset seed; folder: order seed")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    args = parser.parse_args(argv)
+    if args.crop_range < 1.0:
+        raise GFTError(f"--crop-range must be at least 1, got {args.crop_range}")
+    tokenizer = load_tokenizer(args.tokenizer)
+    size = tokenizer.image_size
+    meta, items = labelled_images(args.data, count=args.count, seed=args.seed, shapes_size=size)
+    dtype = np.int16 if tokenizer.codebook_size <= np.iinfo(np.int16).max else np.int32
+    skipped = [0]
+
+    def encode(batch):
+        views = torch.stack([v for _, _, v in batch])  # (B, V, 3, S, S)
+        b, v = views.shape[:2]
+        codes = encode_codes(tokenizer, views.flatten(0, 1))
+        codes = codes.view(b, v, *codes.shape[1:]).numpy().astype(dtype)
+        for (key, label, _), c in zip(batch, codes):
+            buf = io.BytesIO()
+            np.save(buf, c, allow_pickle=False)
+            yield {"__key__": key, "codes.npy": buf.getvalue(), "cls": str(label).encode()}
+
+    def samples():
+        batch = []
+        for key, label, image in tqdm(items, desc="encode", total=args.count):
+            if image is None:
+                skipped[0] += 1
+                continue
+            views = image_views(image, size, ten_crop=args.ten_crop, crop_range=args.crop_range, flip=args.flip)
+            batch.append((key, label, views))
+            if len(batch) == args.batch_size:
+                yield from encode(batch)
+                batch = []
+        if batch:
+            yield from encode(batch)
+
+    extra = {"kind": "codes", **meta, "tokenizer": {**tokenizer.describe(), "path": args.tokenizer},
+             "ten_crop": args.ten_crop, "crop_range": args.crop_range if args.ten_crop else None,
+             "views": 10 if args.ten_crop else (2 if args.flip else 1)}
+    written = write_shards(samples(), args.out, args.shard_size, extra)
+    print(f"wrote codes of {written['count']} images x {written['views']} views in {written['shards']} shard(s) to "
+          f"{args.out}/{written['pattern']} ({skipped[0]} unreadable skipped)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Convert an official checkpoint into this toolkit's format (config.json + model.safetensors).
+
+    python scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 c2i_3B_384.pt models/llamagen-3b
+    python scripts/import_checkpoint.py --format llamagen-vq --image-size 384 vq_ds16_c2i.pt tokenizers/llamagen-vq16
+    python scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 --tokenizer tokenizers/llamagen-vq16 \\
+        LlamaGen3B_GF.pt models/llamagen-3b-gft                      # a GFT checkpoint: its β embedder is kept
+
+The format is always given (--format); it is never guessed from the file name. Files are read with
+torch.load(weights_only=True) or safetensors; a pickle that needs code execution is refused. A LlamaGen GPT
+without a β embedder gets one added with a zero-initialised output layer, so GFT fine-tuning
+(`scripts/train_llamagen.py --init-from OUT`) starts exactly at the published model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import gft_tokens.models  # noqa: F401  (model families register their importers on import)
+import gft_tokens.tokenizers  # noqa: F401
+from gft_tokens.errors import cli_main
+from gft_tokens.io import IMPORTERS, import_checkpoint
+
+# CLI flag → importer option; a flag is passed on only when given, and a format refuses options it does not take
+OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str}
+
+
+@cli_main
+def main(argv=None):
+    formats = "\n".join(f"  {name:14s} {imp.description}" for name, imp in sorted(IMPORTERS.items()))
+    parser = argparse.ArgumentParser(description=__doc__, epilog="formats:\n" + formats,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="checkpoint format (required)")
+    parser.add_argument("src", help="the official checkpoint file (.pt / .pth / .safetensors)")
+    parser.add_argument("out", help="output directory (written atomically)")
+    parser.add_argument("--key", help="container key holding the state dict (default: 'model', 'module', "
+                                      "'state_dict' or the whole file)")
+    parser.add_argument("--grid-size", type=int, help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
+    parser.add_argument("--image-size", type=int, help="llamagen-vq: image side the tokenizer is used at")
+    parser.add_argument("--preset", help="llamagen-gpt: model preset (default: detected from the shapes)")
+    parser.add_argument("--n-head", type=int, help="llamagen-gpt: attention heads of a size that fits no preset")
+    parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
+                        help="llamagen-gpt: add a zero-initialised β embedder when the checkpoint has none "
+                             "(default: yes; --no-beta-embed imports a plain CFG model)")
+    parser.add_argument("--tokenizer", help="llamagen-gpt: tokenizer directory to record in the model")
+    args = parser.parse_args(argv)
+    options = {k: getattr(args, k) for k in [*OPTION_FLAGS, "beta_embed"] if getattr(args, k) is not None}
+    converted = import_checkpoint(args.format, args.src, args.out, key=args.key, **options)
+    n = sum(v.numel() for v in converted.state.values())
+    print(f"wrote {args.out}: {converted.model_class.__name__}, {n / 1e6:.2f}M values")
+    for note in converted.notes:
+        print(f"  - {note}")
+
+
+if __name__ == "__main__":
+    main()

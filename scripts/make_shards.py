@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Write webdataset tar shards of images + class ids: <key>.png (or .jpg) and <key>.cls per sample.
+
+    python scripts/make_shards.py --source shapes --count 10000 --out shards/shapes           # the embedded data
+    python scripts/make_shards.py --source /data/imagenet/train --image-size 256 --out shards/in256
+    python scripts/train_llamagen.py --data 'shards/shapes/{000000..000009}.tar'           # train on them
+
+--source is 'shapes' (the embedded dataset) or an image folder with one sub-folder per class (sorted folder
+names give the class ids). Folder images are shuffled before sharding, so every shard mixes the classes. Without
+--image-size the original files are stored as they are (after a check that they decode); with it they are
+centre-cropped and resized (as LlamaGen's preprocessing) and re-encoded as --format. The output directory gets
+000000.tar … and dataset.json (kind, classes, count); it appears only when complete. Unreadable images are
+skipped and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tqdm.auto import tqdm
+
+from gft_tokens.data.shards import (
+    center_crop,
+    decode_image,
+    encode_jpg,
+    encode_png,
+    image_folder_items,
+    labelled_images,
+    write_shards,
+)
+from gft_tokens.errors import GFTError, cli_main
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="'shapes' or an image folder (one sub-folder per class)")
+    parser.add_argument("--out", required=True, help="output directory for the shards")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    parser.add_argument("--count", type=int, default=None,
+                        help="number of images (shapes: default 10000; folder: default all)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="centre-crop and resize to this size (shapes: 32 or 64, default 32; folder: keep "
+                             "the originals when not given)")
+    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="encoding of re-encoded images")
+    parser.add_argument("--seed", type=int, default=0, help="shapes: dataset seed; folder: shuffling seed")
+    args = parser.parse_args(argv)
+    if args.count is not None and args.count <= 0:
+        raise GFTError(f"--count must be positive, got {args.count}")
+    encode = encode_png if args.format == "png" else encode_jpg
+    skipped = [0]
+
+    if args.source == "shapes" or args.image_size is not None:
+        meta, items = labelled_images(args.source, count=args.count, seed=args.seed, shapes_size=args.image_size or 32)
+
+        def samples():
+            for key, label, image in tqdm(items, desc="shard", total=args.count):
+                if image is None:
+                    skipped[0] += 1
+                    continue
+                if args.image_size is not None and image.size != (args.image_size, args.image_size):
+                    image = center_crop(image, args.image_size)
+                yield {"__key__": key, args.format: encode(image), "cls": str(label).encode()}
+    else:  # keep the original files
+        files, classes = image_folder_items(args.source, args.seed)
+        files = files[: args.count] if args.count else files
+        meta = {"num_classes": len(classes), "class_names": classes, "source": args.source}
+
+        def samples():
+            for i, (path, label) in enumerate(tqdm(files, desc="shard")):
+                data = path.read_bytes()
+                try:
+                    decode_image(data)
+                except Exception:
+                    skipped[0] += 1
+                    continue
+                ext = path.suffix.lower().lstrip(".")
+                if ext not in ("png", "jpg", "jpeg", "webp"):
+                    ext, data = args.format, encode(decode_image(data))
+                yield {"__key__": f"{i:08d}", ext: data, "cls": str(label).encode()}
+
+    written = write_shards(samples(), args.out, args.shard_size,
+                           {"kind": "images", **meta, "image_size": args.image_size})
+    print(f"wrote {written['count']} images in {written['shards']} shard(s) to {args.out}/{written['pattern']}"
+          f" ({written['num_classes']} classes; {skipped[0]} unreadable skipped)")
+
+
+if __name__ == "__main__":
+    main()
