@@ -361,3 +361,114 @@ def test_model_without_quantizer_is_refused():
 def test_scale_schedule_errors():
     with pytest.raises(GFTError, match="strictly increasing"):
         var_config("d1", scales=[1, 4, 2])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Official VAR checkpoints: the `var` importer against a functional re-implementation of VAR's forward pass
+# ---------------------------------------------------------------------------------------------------------------
+def official_var_logits(sd, vae, labels, maps, patch_nums):
+    """Teacher-forced logits of an official VAR state dict, written from VAR's published forward pass."""
+    import math
+
+    import torch.nn.functional as F
+
+    C = sd["class_emb.weight"].shape[1]
+    H, g, K = C // 64, patch_nums[-1], len(patch_nums)
+    cond = sd["class_emb.weight"][labels]
+    emb = vae["quantize.embedding.weight"]
+    n_phi = len({k.split(".")[3] for k in vae if k.startswith("quantize.quant_resi.qresi_ls.")})
+    ticks = np.linspace(1 / 3 / n_phi, 1 - 1 / 3 / n_phi, n_phi)
+    f_hat, inputs = torch.zeros(len(labels), emb.shape[1], g, g), []
+    for si in range(K - 1):  # idxBl_to_var_input
+        h = F.interpolate(emb[maps[si]].permute(0, 3, 1, 2), size=(g, g), mode="bicubic")
+        k = int(np.argmin(np.abs(ticks - si / (K - 1))))
+        conv = F.conv2d(h, vae[f"quantize.quant_resi.qresi_ls.{k}.weight"],
+                        vae[f"quantize.quant_resi.qresi_ls.{k}.bias"], padding=1)
+        f_hat = f_hat + 0.5 * h + 0.5 * conv
+        nxt = patch_nums[si + 1]
+        inputs.append(F.interpolate(f_hat, size=(nxt, nxt), mode="area").flatten(2).transpose(1, 2))
+    words = F.linear(torch.cat(inputs, 1), sd["word_embed.weight"], sd["word_embed.bias"])
+    x = torch.cat([cond[:, None] + sd["pos_start"], words], 1)
+    lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(patch_nums)])
+    x = x + sd["lvl_embed.weight"][lvl][None] + sd["pos_1LC"]
+    bias = torch.where(lvl[:, None] >= lvl[None, :], 0.0, -math.inf)
+    B, L = x.shape[:2]
+
+    def ln(t):
+        return F.layer_norm(t, (C,), eps=1e-6)
+
+    for i in range(len({k.split(".")[1] for k in sd if k.startswith("blocks.")})):
+        p = lambda n: sd[f"blocks.{i}.{n}"]  # noqa: E731
+        g1, g2, s1, s2, b1, b2 = F.linear(F.silu(cond), p("ada_lin.1.weight"), p("ada_lin.1.bias")).view(
+            B, 1, 6, C).unbind(2)
+        qkv_bias = torch.cat([p("attn.q_bias"), torch.zeros(C), p("attn.v_bias")])
+        qkv = F.linear(ln(x) * (1 + s1) + b1, p("attn.mat_qkv.weight"), qkv_bias)
+        q, k, v = qkv.view(B, L, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)
+        q = F.normalize(q, dim=-1) * p("attn.scale_mul_1H11").clamp_max(math.log(100)).exp()
+        k = F.normalize(k, dim=-1)
+        att = ((q @ k.transpose(-1, -2)) + bias).softmax(-1) @ v
+        x = x + F.linear(att.transpose(1, 2).reshape(B, L, C), p("attn.proj.weight"), p("attn.proj.bias")) * g1
+        hid = F.gelu(F.linear(ln(x) * (1 + s2) + b2, p("ffn.fc1.weight"), p("ffn.fc1.bias")), approximate="tanh")
+        x = x + F.linear(hid, p("ffn.fc2.weight"), p("ffn.fc2.bias")) * g2
+    scale, shift = F.linear(F.silu(cond), sd["head_nm.ada_lin.1.weight"], sd["head_nm.ada_lin.1.bias"]).view(
+        B, 1, 2, C).unbind(2)
+    return F.linear(ln(x) * (1 + scale) + shift, sd["head.weight"], sd["head.bias"])
+
+
+@pytest.fixture(scope="module")
+def official_var():
+    """Random weights in the official layouts: VAR-d2 at VAR's 256px schedule, and a narrow VQVAE."""
+    from gft_tokens.io.var import PATCH_NUMS, var_layout, vqvae_layout
+
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(s, generator=g) * 0.1
+          for k, s in var_layout(2, patch_nums=PATCH_NUMS[256], num_classes=10, vocab=64, cvae=8).items()}
+    for i in range(2):
+        sd[f"blocks.{i}.attn.scale_mul_1H11"] = torch.full((1, 2, 1, 1), 1.4) + torch.randn(1, 2, 1, 1, generator=g)
+    vae = {k: torch.randn(s, generator=g) * 0.1
+           for k, s in vqvae_layout(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab=64).items()}
+    return sd, vae, list(PATCH_NUMS[256])
+
+
+def test_official_var_import_equals_vars_forward(official_var, tmp_path):
+    from gft_tokens.io import import_checkpoint
+
+    sd, vae, patch_nums = official_var
+    torch.save(sd, tmp_path / "var_d2.pth")
+    torch.save(vae, tmp_path / "vae.pth")
+    converted = import_checkpoint("var", tmp_path / "var_d2.pth", tmp_path / "m", vqvae=str(tmp_path / "vae.pth"))
+    assert any("zero-initialised" in n for n in converted.notes)
+    model = load_model(tmp_path / "m").eval()
+    assert model.scales == patch_nums and model.config.depth == 2 and model.config.share_quant_resi == 4
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randint(64, (3, p, p), generator=g) for p in patch_nums]
+    labels = torch.tensor([0, 5, 10])  # 10: the null class
+    ref = official_var_logits(sd, vae, labels, maps, patch_nums)
+    codes = torch.cat([m.flatten(1) for m in maps], 1)
+    with torch.no_grad():
+        for beta in (None, torch.tensor([0.0, 0.5, 1.0])):  # the added β embedder starts at exactly zero
+            torch.testing.assert_close(model(codes, labels, beta), ref, atol=2e-5, rtol=1e-4)
+        cfg_model = VAR(config_replace(model.config, beta_embed=False))  # and every tensor made the trip
+    state = model.state_dict()
+    for k, v in sd.items():
+        if k in ("lvl_1L", "attn_bias_for_masking") or k.endswith("zero_k_bias"):
+            continue
+        assert torch.equal(state[{"pos_start": "pos.pos_start", "pos_1LC": "pos.pos_1LC",
+                                  "lvl_embed.weight": "pos.lvl_embed.weight"}.get(k, k)], v), k
+    assert torch.equal(state["quantizer.resi_weight"][3], vae["quantize.quant_resi.qresi_ls.3.weight"])
+    assert len(cfg_model.state_dict()) == len(state) - 4
+
+
+def test_official_var_import_errors(official_var, tmp_path):
+    from gft_tokens.io import convert_state_dict
+
+    sd, vae, _ = official_var
+    with pytest.raises(GFTError, match="reads its inputs through the VQVAE"):
+        convert_state_dict("var", sd)
+    small = {**vae, "quantize.embedding.weight": torch.zeros(32, 8)}
+    with pytest.raises(GFTError, match="differ in shape|does not fit"):
+        convert_state_dict("var", sd, vqvae=small)
+    with pytest.raises(GFTError, match="not an architecture of this toolkit"):
+        convert_state_dict("var-vqvae", vae)
+    with pytest.raises(GFTError, match="takes no option 'grid_size'"):
+        convert_state_dict("var", sd, vqvae=vae, grid_size=16)
