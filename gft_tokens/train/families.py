@@ -90,6 +90,7 @@ class VARFamily(Family):
     inputs through a frozen copy of the tokenizer's quantizer (codebook + φ convs), loaded in ``prepare_model``."""
 
     name = "var"
+    derived_keys = (*Family.derived_keys, "scales", "cvae", "quant_resi", "share_quant_resi")
 
     def config(self, preset, tokenizer, num_classes, overrides):
         scales = getattr(tokenizer, "scales", None)
