@@ -11,6 +11,7 @@ small ones.
     python scripts/bench_sampling.py --json
     python scripts/bench_sampling.py --quick --json      # < 60 s on a 2-core CPU
     python scripts/bench_sampling.py --model masked --json   # masked model: GFT vs CFG per decoding step, no cache
+    python scripts/bench_sampling.py --model var --json      # VAR: scale-wise sampling (see bench_var)
 """
 
 from __future__ import annotations
@@ -106,6 +107,60 @@ def bench_masked(args, preset: str) -> dict:
                   f"img/s | speedup {t_cfg / t_gft:.2f}x", flush=True)
     return out
 
+VAR_BENCH = {"preset": "d4", "vocabs": [4096], "batch": 16}  # VAR's codebook size; used unless given
+
+
+def bench_var(args, parser) -> None:
+    """VAR: GFT (β, one pass per scale, B rows) vs CFG (VAR's (1+t)c − t·u, linear ramp, 2B rows), and the
+    scale-wise KV cache vs recomputing every coarser scale at each scale, on VAR's 1…16 schedule (680 tokens).
+
+    Same random weights and labels for each pair. Options left at the LlamaGen defaults take VAR_BENCH's values.
+    """
+    from gft_tokens.tokenizers.multiscale import DEFAULT_SCALES, VAR_SCALES_256
+
+    given = {k: getattr(args, k) != parser.get_default(k) for k in VAR_BENCH}
+    preset = args.preset if given["preset"] else VAR_BENCH["preset"]
+    vocabs = args.vocabs if given["vocabs"] else VAR_BENCH["vocabs"]
+    batch = args.batch if given["batch"] or args.quick else VAR_BENCH["batch"]
+    schedules = {16: list(VAR_SCALES_256), 8: list(DEFAULT_SCALES)}
+    if args.grid not in schedules:
+        raise GFTError(f"--model var benchmarks --grid 16 (VAR's scales 1..16) or 8 (1,2,3,4,6,8), got {args.grid}")
+    scales = schedules[args.grid]
+    dtype = getattr(torch, args.dtype)
+    result = {"model": "var", "preset": preset, "scales": scales, "tokens": sum(s * s for s in scales),
+              "batch": batch, "recompute_batch": args.recompute_batch, "device": args.device, "dtype": args.dtype,
+              "torch_threads": torch.get_num_threads(), "cfg": 1.5, "cfg_schedule": "linear"}
+    for i, vocab in enumerate(vocabs):
+        torch.manual_seed(0)
+        model = build_model("var", preset, vocab_size=vocab, scales=scales, cvae=32, num_classes=1000)
+        g = torch.Generator().manual_seed(0)
+        n_phi = len(model.quantizer.resi_weight)
+        model.load_quantizer({"embedding": torch.randn(vocab, 32, generator=g),
+                              "resi_weight": torch.randn(n_phi, 32, 32, 3, 3, generator=g) * 0.05,
+                              "resi_bias": torch.zeros(n_phi, 32)})
+        model = model.to(args.device, dtype).eval()
+        torch.nn.init.normal_(model.head.weight, std=0.02)  # a trained-looking head
+        labels = torch.arange(batch, device=args.device) % 1000
+
+        def run(n, **kw):
+            return lambda: sample_codes(model, labels[:n], generator=None, **kw)
+
+        t_gft = timed(run(batch, beta=0.5), args.repeats)
+        t_cfg = timed(run(batch, cfg=1.5), args.repeats)
+        t_kv = timed(run(args.recompute_batch, beta=0.5), args.repeats)
+        t_re = timed(run(args.recompute_batch, beta=0.5, use_cache=False), args.repeats)
+        r = {"gft_images_per_s": batch / t_gft, "cfg_images_per_s": batch / t_cfg, "gft_vs_cfg_speedup": t_cfg / t_gft,
+             "kv_images_per_s": args.recompute_batch / t_kv, "recompute_images_per_s": args.recompute_batch / t_re,
+             "kv_vs_recompute_speedup": t_re / t_kv}
+        print(f"var {preset} vocab {vocab:5d}, {result['tokens']} tokens: GFT {r['gft_images_per_s']:8.2f} img/s | "
+              f"CFG {r['cfg_images_per_s']:8.2f} img/s | speedup {r['gft_vs_cfg_speedup']:.2f}x || scale-wise KV "
+              f"{r['kv_images_per_s']:8.2f} img/s | recompute {r['recompute_images_per_s']:8.2f} img/s | speedup "
+              f"{r['kv_vs_recompute_speedup']:.2f}x", flush=True)
+        suffix = "" if i == 0 else f"_v{vocab}"
+        result.update({k + suffix: round(v, 4) for k, v in r.items()})
+    if args.json:
+        print(json.dumps(result))
+
 
 @cli_main
 def main(argv=None):
@@ -139,6 +194,9 @@ def main(argv=None):
         if args.json:
             print(json.dumps(result))
         return
+
+    if args.model == "var":
+        return bench_var(args, p)
     dtype = getattr(torch, args.dtype)
     rows = {}
     for vocab in args.vocabs:

@@ -5,6 +5,8 @@
     python scripts/generate.py --beta 1.0 0.5 0.25 0.1        # one figure comparing β side by side
     python scripts/generate.py --cfg-scale 2.0 --ckpt runs/llamagen-cfg/model   # CFG: two passes per token
     python scripts/generate.py --model masked --beta 0.5 --steps 16           # masked model: 16 parallel steps
+    python scripts/generate.py --model var --beta 0.5          # VAR: one pass per scale
+    python scripts/generate.py --model var --ckpt runs/var-cfg/model --cfg 1.5   # VAR's CFG (1+t)c - t*u, ramped
 
 Outputs (in --out): grid.png and samples.npz (images uint8 (N,H,W,3), labels) for a single setting; for several
 β values, beta_comparison.png plus one samples_beta<β>.npz per value.
@@ -40,6 +42,11 @@ def main(argv=None):
     p.add_argument("--tokenizer", help="tokenizer dir (default: the one recorded in the model's config)")
     p.add_argument("--beta", type=float, nargs="+", help="GFT β value(s) in [0, 1]; several give a comparison figure")
     p.add_argument("--cfg-scale", type=float, help="sample with classifier-free guidance at this scale (2 passes)")
+    p.add_argument("--cfg", type=float, help="VAR only: classifier-free guidance (1+t)c - t*u at strength t (2 passes)")
+    p.add_argument("--cfg-schedule", choices=["linear", "constant"],
+                   help="VAR and masked models: the guidance ramps linearly over the scales / decoding steps to --cfg "
+                        "(VAR) or --cfg-scale (masked, MAR's ramp), or stays constant (default: linear for VAR, "
+                        "constant for masked)")
     p.add_argument("--classes", type=int, nargs="+", help="class ids, one row each (default: all classes)")
     p.add_argument("--n-per-class", type=int, default=8, help="samples per class (default: 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: 1.0)")
@@ -55,11 +62,9 @@ def main(argv=None):
                    help="which masked tokens to fix each step: MaskGIT confidence or MAR random order (default: confidence)")
     m.add_argument("--choice-temperature", type=float,
                    help="Gumbel noise on the confidence order, annealed to 0 (default: 4.5)")
-    m.add_argument("--cfg-schedule", choices=["constant", "linear"],
-                   help="CFG scale per step: constant, or MAR's linear ramp to --cfg-scale (default: constant)")
     args = p.parse_args(argv)
-    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order, choice_temperature=args.choice_temperature,
-                                         cfg_schedule=args.cfg_schedule).items() if v is not None}
+    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order,
+                                         choice_temperature=args.choice_temperature).items() if v is not None}
 
     ckpt = Path(args.ckpt or f"runs/{args.model}/model")
     if not ckpt.exists():
@@ -86,11 +91,27 @@ def main(argv=None):
     for b in args.beta or []:
         if not 0.0 <= b <= 1.0:  # NaN fails too
             raise GFTError(f"beta must lie in [0, 1], got {b}")
-    if args.beta and args.cfg_scale is not None and len(args.beta) > 1:
-        raise GFTError("give either several --beta values or --cfg-scale, not both")
-    if args.beta is None and args.cfg_scale is None and model.beta_embedder is not None:
+    # the CFG argument is family-specific: LlamaGen's scale w (u + w(c - u)), VAR's strength t ((1 + t)c - t*u)
+    guide_key, guide_value, guide_extra = "cfg_scale", args.cfg_scale, {}
+    if family_of(model.config.model_type) == "var":
+        if args.cfg_scale is not None:
+            raise GFTError("VAR takes --cfg t (its (1 + t)c - t*u convention, ramped over the scales by "
+                           "--cfg-schedule), not --cfg-scale")
+        guide_key, guide_value = "cfg", args.cfg
+        guide_extra = {"cfg_schedule": args.cfg_schedule or "linear"} if args.cfg is not None else {}
+    elif args.cfg is not None:
+        raise GFTError("--cfg is VAR's guidance strength; this model takes --cfg-scale")
+    elif args.cfg_schedule is not None:
+        if family_of(model.config.model_type) != "masked":
+            raise GFTError(f"--cfg-schedule applies to VAR and masked models; {ckpt} holds a "
+                           f"{family_of(model.config.model_type)} model")
+        if args.cfg_scale is not None:
+            guide_extra = {"cfg_schedule": args.cfg_schedule}
+    if args.beta and guide_value is not None and len(args.beta) > 1:
+        raise GFTError(f"give either several --beta values or --{guide_key.replace('_', '-')}, not both")
+    if args.beta is None and guide_value is None and model.beta_embedder is not None:
         args.beta = [1.0]
-    settings = [dict(beta=b, cfg_scale=args.cfg_scale) for b in args.beta] if args.beta else [dict(cfg_scale=args.cfg_scale)]
+    settings = [{"beta": b, guide_key: guide_value} for b in args.beta] if args.beta else [{guide_key: guide_value}]
 
     labels = torch.tensor([c for c in classes for _ in range(args.n_per_class)], dtype=torch.long)
     names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) and c < len(CLASS_NAMES) else str(c) for c in classes]
@@ -102,7 +123,7 @@ def main(argv=None):
         t0 = time.time()
         chunks = [sample_images(model, tokenizer, labels[i:i + args.batch_size], generator=g,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, **setting,
-                                **family_args)
+                                **family_args, **guide_extra)
                   for i in range(0, len(labels), args.batch_size)]
         images = to_uint8(torch.cat(chunks))
         dt = time.time() - t0
@@ -114,7 +135,7 @@ def main(argv=None):
         with atomic_file(out / f"samples{suffix}.npz") as fh:
             np.savez_compressed(fh, images=images, labels=labels.numpy(), classes=np.array(classes),
                                 beta=np.float32(setting.get("beta") if setting.get("beta") is not None else np.nan),
-                                cfg_scale=np.float32(setting["cfg_scale"] if setting["cfg_scale"] is not None else np.nan))
+                                **{guide_key: np.float32(setting[guide_key] if setting[guide_key] is not None else np.nan)})
         print(f"{title}: {len(images)} images in {dt:.1f}s ({len(images) / dt:.1f} img/s) -> {out / f'samples{suffix}.npz'}")
     row_h = panels[0].height // len(classes)
     if len(settings) == 1:

@@ -5,6 +5,7 @@
     python scripts/import_checkpoint.py --format llamagen-vq --image-size 384 vq_ds16_c2i.pt tokenizers/llamagen-vq16
     python scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 --tokenizer tokenizers/llamagen-vq16 \\
         LlamaGen3B_GF.pt models/llamagen-3b-gft                      # a GFT checkpoint: its β embedder is kept
+    python scripts/import_checkpoint.py --format var --vqvae vae_ch160v4096z32.pth var_d16.pth models/var-d16
 
 The format is always given (--format); it is never guessed from the file name. Files are read with
 torch.load(weights_only=True) or safetensors; a pickle that needs code execution is refused. A LlamaGen GPT
@@ -22,7 +23,7 @@ from gft_tokens.errors import cli_main
 from gft_tokens.io import IMPORTERS, import_checkpoint
 
 # CLI flag → importer option; a flag is passed on only when given, and a format refuses options it does not take
-OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str}
+OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str, "vqvae": str}
 
 
 @cli_main
@@ -40,9 +41,10 @@ def main(argv=None):
     parser.add_argument("--preset", help="llamagen-gpt: model preset (default: detected from the shapes)")
     parser.add_argument("--n-head", type=int, help="llamagen-gpt: attention heads of a size that fits no preset")
     parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
-                        help="llamagen-gpt: add a zero-initialised β embedder when the checkpoint has none "
+                        help="llamagen-gpt, var: add a zero-initialised β embedder when the checkpoint has none "
                              "(default: yes; --no-beta-embed imports a plain CFG model)")
-    parser.add_argument("--tokenizer", help="llamagen-gpt: tokenizer directory to record in the model")
+    parser.add_argument("--tokenizer", help="llamagen-gpt, var: tokenizer directory to record in the model")
+    parser.add_argument("--vqvae", help="var: the released VQVAE file whose codebook and φ convs build the inputs")
     args = parser.parse_args(argv)
     options = {k: getattr(args, k) for k in [*OPTION_FLAGS, "beta_embed"] if getattr(args, k) is not None}
     converted = import_checkpoint(args.format, args.src, args.out, key=args.key, **options)

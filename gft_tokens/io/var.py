@@ -8,10 +8,16 @@ token of all scales (680 for 256px, 2240 for 512px). The VAE is the LDM-style co
 ``ch_mult`` 1,1,2,2,4, fused-qkv attention) with a 4096 x 32 codebook and four partially shared φ convolutions.
 
 :func:`inspect_var` / :func:`inspect_vqvae` read the sizes from a state dict and check every key and shape
-against :func:`var_layout` / :func:`vqvae_layout`, naming what differs. The ``var`` and ``var-vqvae`` formats
-registered here run that check; converting into a model needs the VAR model family (``gft_tokens.models``) and
-its multi-scale tokenizer, whose importer replaces these registrations with
-``register_importer(Importer("var", ..., convert))`` — ``convert`` starts from :func:`inspect_var`'s result.
+against :func:`var_layout` / :func:`vqvae_layout`, naming what differs.
+
+The ``var`` format converts VAR-dN into :class:`gft_tokens.models.var.VAR`, whose parameters are VAR's one to one
+(``pos_start`` / ``pos_1LC`` / ``lvl_embed`` live under ``pos.``; the recomputable buffers ``lvl_1L``,
+``attn_bias_for_masking`` and ``zero_k_bias`` are dropped). The transformer reads its inputs through the VQVAE's
+codebook and φ convolutions (VAR's ``idxBl_to_var_input``), so ``vqvae=`` (the released VAE file, or its state
+dict) is required: its ``quantize.embedding`` and ``quantize.quant_resi.qresi_ls.*`` become the model's frozen
+``quantizer.*`` buffers. A zero-initialised β embedder is added (``beta_embed``, default on), so a GFT fine-tune
+starts exactly at the published model. ``var-vqvae`` is checked only: its LDM-style encoder/decoder (with
+attention) is not an architecture of this toolkit's tokenizers, so it is refused after the layout check.
 """
 
 from __future__ import annotations
@@ -202,21 +208,75 @@ def inspect_vqvae(state: dict[str, torch.Tensor]) -> dict:
     return info
 
 
-def _no_target(kind: str, info: dict) -> Converted:
-    raise GFTError(f"the weights check out as the official {kind} ({info}), but this installation has no model to "
-                   f"convert them into: the VAR family's importer is not registered (gft_tokens.models has no "
-                   f"'var' family yet)")
+def _vqvae_state(vqvae) -> dict[str, torch.Tensor]:
+    if vqvae is None:
+        raise GFTError("the VAR transformer reads its inputs through the VQVAE's codebook and φ convs: pass the "
+                       "released VAE too (vqvae=PATH, or --vqvae vae_ch160v4096z32.pth)")
+    if isinstance(vqvae, dict):
+        return vqvae
+    from .importers import extract_state_dict, load_checkpoint_file
+
+    return extract_state_dict(load_checkpoint_file(vqvae), where=str(vqvae))
 
 
-def convert_var(state: dict[str, torch.Tensor]) -> Converted:
-    return _no_target("VAR", inspect_var(state))
+def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = True,
+                tokenizer: str | None = None) -> Converted:
+    """Official VAR-dN (+ its VQVAE's quantizer) → :class:`gft_tokens.models.var.VAR` with VAR's names."""
+    from ..conditioning import BetaEmbedder
+    from ..models.var import VAR, VARConfig
+
+    info = inspect_var(state)
+    vae = _vqvae_state(vqvae)
+    vinfo = inspect_vqvae(vae)
+    if (vinfo["vocab_size"], vinfo["z_channels"]) != (info["vocab_size"], info["cvae"]):
+        raise GFTError(f"the VQVAE (codebook {vinfo['vocab_size']} x {vinfo['z_channels']}) does not fit VAR-d"
+                       f"{info['depth']} (head over {info['vocab_size']} codes, word_embed from {info['cvae']} dims)")
+    if vinfo["n_scales"] != len(info["patch_nums"]):
+        raise GFTError(f"the VQVAE was trained for {vinfo['n_scales']} scales, VAR-d{info['depth']} has "
+                       f"{len(info['patch_nums'])}")
+    n_phi = vinfo["n_phi"]
+    config = VARConfig(depth=info["depth"], shared_aln=info["shared_aln"], attn_l2_norm=info["attn_l2_norm"],
+                       num_classes=info["num_classes"], vocab_size=info["vocab_size"],
+                       scales=list(info["patch_nums"]), cvae=info["cvae"], quant_resi=0.5,
+                       share_quant_resi=1 if n_phi == 1 else n_phi, beta_embed=beta_embed,
+                       preset=f"d{info['depth']}" + ("-s" if info["shared_aln"] else ""),
+                       tokenizer={"type": "var-vqvae", "codebook_size": info["vocab_size"],
+                                  "grid_size": [info["patch_nums"][-1]] * 2, "scales": list(info["patch_nums"]),
+                                  **({"path": tokenizer} if tokenizer else {})})
+    moved = {"pos_start": "pos.pos_start", "pos_1LC": "pos.pos_1LC", "lvl_embed.weight": "pos.lvl_embed.weight"}
+    out = {moved.get(k, k): v for k, v in state.items() if not VAR_BUFFERS.match(k)}
+    notes = [f"VAR-d{info['depth']}: width {info['width']}, {info['heads']} heads, scales {list(info['patch_nums'])}"
+             f" ({info['resolution']}px), {info['num_classes']} classes, vocabulary {info['vocab_size']}"]
+    dropped = sorted(k for k in state if VAR_BUFFERS.match(k))
+    if dropped:
+        notes.append(f"dropped {len(dropped)} recomputable buffers (lvl_1L, attn_bias_for_masking, zero_k_bias)")
+    out["quantizer.embedding"] = vae["quantize.embedding.weight"]
+    out["quantizer.resi_weight"] = torch.stack([vae[f"quantize.quant_resi.qresi_ls.{i}.weight"] for i in range(n_phi)])
+    out["quantizer.resi_bias"] = torch.stack([vae[f"quantize.quant_resi.qresi_ls.{i}.bias"] for i in range(n_phi)])
+    out["quantizer.loaded"] = torch.tensor(True)
+    notes.append(f"inputs through the VQVAE's codebook {tuple(out['quantizer.embedding'].shape)} and {n_phi} φ convs "
+                 f"(frozen quantizer.* buffers)")
+    if beta_embed:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            emb = BetaEmbedder(config.embed_dim, config.beta_freq_dim, std=config.std)
+        out.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
+        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at "
+                     "every β)")
+    return Converted(VAR, config, out, notes)
 
 
 def convert_var_vqvae(state: dict[str, torch.Tensor]) -> Converted:
-    return _no_target("VAR VQVAE", inspect_vqvae(state))
+    info = inspect_vqvae(state)
+    raise GFTError(f"the weights check out as VAR's VQVAE ({info}), but its LDM-style encoder/decoder (with "
+                   f"attention blocks) is not an architecture of this toolkit's tokenizers, so it cannot be "
+                   f"converted into one. A VAR transformer imports with it: --format var --vqvae THIS_FILE")
 
 
-register_importer(Importer("var", "VAR-dN transformer (var_d16.pth … var_d36.pth; checked against the official "
-                                  "layout; converted by the VAR family's importer)", convert_var))
-register_importer(Importer("var-vqvae", "VAR's multi-scale VQVAE (vae_ch160v4096z32.pth; checked against the "
-                                        "official layout; converted by the VAR family's importer)", convert_var_vqvae))
+register_importer(Importer("var", "VAR-dN transformer (var_d16.pth … var_d36.pth) with the quantizer of its VQVAE "
+                                  "(--vqvae)", convert_var,
+                           {"vqvae": "the released VQVAE file (vae_ch160v4096z32.pth) or its state dict; required",
+                            "beta_embed": "add a zero-initialised β embedder (GFT input; default true)",
+                            "tokenizer": "tokenizer directory to record in the model"}))
+register_importer(Importer("var-vqvae", "VAR's multi-scale VQVAE (vae_ch160v4096z32.pth; layout check only: its "
+                                        "encoder/decoder is not one of this toolkit's)", convert_var_vqvae))

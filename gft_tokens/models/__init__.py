@@ -12,10 +12,13 @@ from .llamagen import PRESETS as LLAMAGEN_PRESETS
 from .llamagen import LlamaGen, LlamaGenConfig, llamagen_config
 from .masked import PRESETS as MASKED_PRESETS
 from .masked import MaskedTokenModel, masked_config
+from .var import PRESETS as VAR_PRESETS
+from .var import VAR, VARConfig, var_config
 
 FAMILIES: dict[str, dict] = {
     "llamagen": {"model": LlamaGen, "config": llamagen_config, "presets": LLAMAGEN_PRESETS},
     "masked": {"model": MaskedTokenModel, "config": masked_config, "presets": MASKED_PRESETS},
+    "var": {"model": VAR, "config": var_config, "presets": VAR_PRESETS},
 }
 
 
@@ -49,4 +52,5 @@ def load_model(path, map_location="cpu"):
     return FAMILIES[family]["model"].from_pretrained(path, map_location=map_location)
 
 
-__all__ = ["FAMILIES", "LlamaGen", "LlamaGenConfig", "build_config", "build_model", "load_model", "llamagen_config"]
+__all__ = ["FAMILIES", "LlamaGen", "LlamaGenConfig", "VAR", "VARConfig", "build_config", "build_model", "load_model",
+           "llamagen_config", "var_config"]

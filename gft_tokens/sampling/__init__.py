@@ -1,4 +1,5 @@
-"""Samplers, one per model family; each takes ``beta`` (GFT, one pass) or ``cfg_scale`` (CFG, two passes).
+"""Samplers, one per model family; each takes ``beta`` (GFT, one pass) or its CFG argument (two passes):
+``cfg_scale`` w for LlamaGen (``u + w·(c − u)``), ``cfg`` t for VAR (``(1 + t)·c − t·u``, ramped over scales).
 
 :func:`sample_images` dispatches on the model's family and decodes the codes with the tokenizer.
 """
@@ -52,12 +53,20 @@ def _llamagen_codes(model, tokenizer, codes):
     return codes.view(codes.shape[0], g, g)
 
 
+def _var_codes(model, tokenizer, codes):
+    from ..tokenizers.multiscale import split_scales
+
+    return split_scales(codes, model.scales)
+
+
 def _register_builtin() -> None:
     from .autoregressive import sample as ar_sample
     from .masked import sample as masked_sample
+    from .next_scale import sample as next_scale_sample
 
     register_sampler("llamagen", ar_sample, _llamagen_codes)
     register_sampler("masked", masked_sample, _llamagen_codes)  # same (B, N) raster codes on a square grid
+    register_sampler("var", next_scale_sample, _var_codes)
 
 
 _register_builtin()

@@ -4,6 +4,11 @@
 >>> tok = load_tokenizer("tokenizers/shapes-vq")   # config.json + model.safetensors
 >>> codes = tok.encode(images)                     # (B, h, w) int64
 >>> recon = tok.decode(codes)                      # (B, 3, H, W) in [-1, 1]
+
+Multi-scale (VAR) tokenizers encode to a list of per-scale maps and decode from it:
+
+>>> tok = load_tokenizer("tokenizers/shapes-msvq")
+>>> codes = tok.encode(images)                     # [(B, 1, 1), (B, 2, 2), ..., (B, 8, 8)]
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from ..errors import GFTError
 from ..io import read_config_dict
 from .llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
+from .multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from .vq import VQConfig, VQTokenizer
 
 TOKENIZER_CLASSES = {VQConfig.model_type: VQTokenizer, LlamaGenVQConfig.model_type: LlamaGenVQ}
@@ -31,4 +37,8 @@ def load_tokenizer(path, map_location="cpu"):
     return TOKENIZER_CLASSES[model_type].from_pretrained(path, map_location=map_location)
 
 
-__all__ = ["LlamaGenVQ", "LlamaGenVQConfig", "VQConfig", "VQTokenizer", "load_tokenizer", "register_tokenizer"]
+register_tokenizer(MultiScaleVQTokenizer)
+
+
+__all__ = ["LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
+           "VQTokenizer", "load_tokenizer", "register_tokenizer"]

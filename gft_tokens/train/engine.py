@@ -86,13 +86,15 @@ def zero_stage(cfg: dict) -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """LlamaGen's grouping: weight decay on matrices and embeddings (ndim ≥ 2), none on norms and biases."""
+    """LlamaGen's grouping: weight decay on matrices and embeddings (ndim ≥ 2), none on norms and biases, nor on
+    the parameters a model names in ``no_weight_decay()`` (VAR: position/level embeddings, attention scales)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         shape = getattr(p, "ds_shape", p.shape)
-        (decay if len(shape) >= 2 else no_decay).append(p)
+        (decay if len(shape) >= 2 and name not in skip else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

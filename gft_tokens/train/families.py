@@ -62,6 +62,9 @@ class Family:
     def loss_inputs(self, model, codes: torch.Tensor, generator: torch.Generator) -> LossInputs:
         raise NotImplementedError
 
+    def prepare_model(self, model, tokenizer) -> None:
+        """Give a freshly built (or initialised) model what it needs from the tokenizer; nothing by default."""
+
 
 class LlamaGenFamily(Family):
     name = "llamagen"
@@ -109,4 +112,35 @@ class MaskedFamily(Family):
         return LossInputs(lambda cond, beta: model.head_inputs(flat, cond, beta, mask=mask), flat, mask)
 
 
-FAMILY_ADAPTERS: dict[str, Family] = {"llamagen": LlamaGenFamily(), "masked": MaskedFamily()}
+class VARFamily(Family):
+    """Next-scale prediction: codes are the scales concatenated, (L,) = Σ s² per image; the model reads its
+    inputs through a frozen copy of the tokenizer's quantizer (codebook + φ convs), loaded in ``prepare_model``."""
+
+    name = "var"
+    derived_keys = (*Family.derived_keys, "scales", "cvae", "quant_resi", "share_quant_resi")
+
+    def config(self, preset, tokenizer, num_classes, overrides):
+        scales = getattr(tokenizer, "scales", None)
+        if scales is None or not hasattr(tokenizer, "quantizer_state"):
+            raise GFTError(f"VAR needs a multi-scale tokenizer (e.g. tokenizers/shapes-msvq); this one "
+                           f"({tokenizer.describe()['type']}) has a single scale")
+        t = tokenizer.config
+        return FAMILIES[self.name]["config"](
+            preset, vocab_size=tokenizer.codebook_size, scales=list(scales), cvae=t.codebook_dim,
+            quant_resi=t.quant_resi, share_quant_resi=t.share_quant_resi, num_classes=num_classes,
+            tokenizer=tokenizer.describe(), **overrides,
+        )
+
+    def token_shape(self, config):
+        return (config.num_tokens,)
+
+    def loss_inputs(self, model, codes, generator):
+        return LossInputs(lambda cond, beta: model.head_inputs(codes, cond, beta), codes)
+
+    def prepare_model(self, model, tokenizer):
+        if not hasattr(tokenizer, "quantizer_state"):
+            raise GFTError("VAR needs a multi-scale tokenizer (e.g. tokenizers/shapes-msvq)")
+        model.load_quantizer(tokenizer)
+
+
+FAMILY_ADAPTERS: dict[str, Family] = {"llamagen": LlamaGenFamily(), "masked": MaskedFamily(), "var": VARFamily()}

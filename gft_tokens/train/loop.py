@@ -147,6 +147,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
         model = cls(config)
     if init_state is not None:
         _load_init_state(model, init_state, E.zero_stage(ds_cfg), rank, o.init_from)
+    family.prepare_model(model, tokenizer)
     if o.grad_checkpointing:
         model.gradient_checkpointing = True
     return model
