@@ -68,6 +68,9 @@ def bench_one(family: str, preset: str, vocab: int, grid: int, batch: int, recom
     }
 
 
+MASKED_BATCH = 32  # --model masked default batch
+
+
 def bench_masked(args, preset: str) -> dict:
     """The masked family: GFT (B rows per step) vs CFG (2B rows per step), same weights, same decoding steps.
 
@@ -170,7 +173,8 @@ def main(argv=None):
     p.add_argument("--grid", type=int, default=16, help="token grid side (default: 16 → 256 tokens)")
     p.add_argument("--batch", type=int, default=256,
                    help="images per GFT batch; CFG runs 2x rows. Large enough that a decode step is compute-bound "
-                        "rather than bound by per-step overheads or weight reads (default: 256)")
+                        "rather than bound by per-step overheads or weight reads (default: 256; 32 for --model "
+                        "masked, 16 for --model var)")
     p.add_argument("--recompute-batch", type=int, default=16, help="batch for the cache-vs-recompute pair (default: 16)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median) (default: 1)")
     p.add_argument("--vocabs", type=int, nargs="+", default=[1024, 16384], help="vocabulary sizes")
@@ -190,6 +194,8 @@ def main(argv=None):
         raise GFTError("--batch, --recompute-batch and --repeats must be positive")
     if args.model == "masked":  # no KV cache: its own measurement (preset default MAR-tiny)
         preset = "MAR-tiny" if args.preset == p.get_default("preset") else args.preset
+        if args.batch == p.get_default("batch"):  # every step holds (rows x tokens x vocab) logits: 2 GiB at 32
+            args.batch = MASKED_BATCH
         result = bench_masked(args, preset)
         if args.json:
             print(json.dumps(result))

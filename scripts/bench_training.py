@@ -73,8 +73,10 @@ def make_step(args, vocab: int, objective: str):
     def step():
         inputs = family.loss_inputs(model, codes, gen)
         fn = materialised(inputs.logits_fn) if args.loss == "naive" else inputs.logits_fn
+        # want_own=False: the training loop computes the network's own CE (one more projection, for the log) only
+        # on its logging steps, one in --log-every (10)
         out = loss_fn(fn, inputs.targets, labels, null_cond=model.null_class, module=model, generator=gen,
-                      loss_mask=inputs.loss_mask)
+                      loss_mask=inputs.loss_mask, want_own=False)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
