@@ -12,13 +12,11 @@ from the dataclass defaults, then --config YAML, then the flags below.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
-from gft_tokens.config import add_arguments, load_yaml, opt, resolve
+from gft_tokens.config import opt
 from gft_tokens.errors import cli_main
-from gft_tokens.models.masked import PRESETS
-from gft_tokens.train.loop import TrainOptions, train
+from gft_tokens.train.loop import TrainOptions, train_cli
 
 
 @dataclass
@@ -29,20 +27,7 @@ class MaskedTrainOptions(TrainOptions):
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of training options (keys as the flags, with _), "
-                                         "plus `model:` config overrides")
-    parser.add_argument("--list-presets", action="store_true", help="print the model presets and exit")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
-    add_arguments(parser, MaskedTrainOptions, "training options")
-    args = parser.parse_args(argv)
-    if args.list_presets:
-        for name, dims in PRESETS.items():
-            print(f"{name:10s} {dims}")
-        return
-    options = resolve(MaskedTrainOptions, load_yaml(args.config) if args.config else None, args,
-                      where=args.config or "command line")
-    train("masked", options)
+    train_cli("masked", MaskedTrainOptions, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ defaults, then --config YAML, then the flags below; they are the LlamaGen script
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
-from gft_tokens.config import add_arguments, load_yaml, opt, resolve
+from gft_tokens.config import opt
 from gft_tokens.errors import cli_main
-from gft_tokens.models.var import PRESETS
-from gft_tokens.train.loop import TrainOptions, train
+from gft_tokens.train.loop import TrainOptions, train_cli
 
 
 @dataclass
@@ -31,24 +29,15 @@ class VARTrainOptions(TrainOptions):
     out: str = opt("runs/var", "run directory: checkpoints/, model/, train_log.jsonl")
 
 
+def describe_var_preset(name: str, dims: dict) -> str:
+    depth = dims["depth"]
+    return (f"{name:6s} depth {depth:2d}, width {64 * depth:4d}, {depth:2d} heads"
+            + (", shared AdaLN" if dims.get("shared_aln") else ""))
+
+
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of training options (keys as the flags, with _), "
-                                         "plus `model:` config overrides")
-    parser.add_argument("--list-presets", action="store_true", help="print the model presets and exit")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
-    add_arguments(parser, VARTrainOptions, "training options")
-    args = parser.parse_args(argv)
-    if args.list_presets:
-        for name, dims in PRESETS.items():
-            depth = dims["depth"]
-            print(f"{name:6s} depth {depth:2d}, width {64 * depth:4d}, {depth:2d} heads"
-                  + (", shared AdaLN" if dims.get("shared_aln") else ""))
-        return
-    options = resolve(VARTrainOptions, load_yaml(args.config) if args.config else None, args,
-                      where=args.config or "command line")
-    train("var", options)
+    train_cli("var", VARTrainOptions, argv, description=__doc__, describe_preset=describe_var_preset)
 
 
 if __name__ == "__main__":

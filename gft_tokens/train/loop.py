@@ -361,3 +361,29 @@ def train(family_name: str, o: TrainOptions) -> dict:
 
 def option_dict(o: TrainOptions) -> dict:
     return dataclasses.asdict(o)
+
+
+def train_cli(family_name: str, options_cls: type = TrainOptions, argv=None, *, description: str | None = None,
+              describe_preset=lambda name, dims: f"{name:10s} {dims}") -> dict | None:
+    """The command line of ``scripts/train_<family>.py``: every field of ``options_cls`` as a flag (defaults, then
+    ``--config`` YAML, then flags), ``--list-presets`` (one line per preset from ``describe_preset``), then
+    :func:`train`. Wrap the caller in :func:`gft_tokens.errors.cli_main` for clean errors."""
+    import argparse
+
+    from ..config import add_arguments, load_yaml, resolve
+    from ..models import FAMILIES
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of training options (keys as the flags, with _), "
+                                         "plus `model:` config overrides")
+    parser.add_argument("--list-presets", action="store_true", help="print the model presets and exit")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
+    add_arguments(parser, options_cls, "training options")
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        for name, dims in FAMILIES[family_name]["presets"].items():
+            print(describe_preset(name, dims))
+        return None
+    options = resolve(options_cls, load_yaml(args.config) if args.config else None, args,
+                      where=args.config or "command line")
+    return train(family_name, options)
