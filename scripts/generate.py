@@ -59,7 +59,7 @@ def main(argv=None):
     m = p.add_argument_group("masked family (--model masked; see gft_tokens.sampling.masked)")
     m.add_argument("--steps", type=int, help="parallel decoding steps, 1 .. number of tokens (default: 16)")
     m.add_argument("--order", choices=["confidence", "random"],
-                   help="which masked tokens to fix each step: MaskGIT confidence or MAR random order (default: confidence)")
+                   help="which masked tokens to fix each step: MAR's random order or MaskGIT's confidence (default: random)")
     m.add_argument("--choice-temperature", type=float,
                    help="Gumbel noise on the confidence order, annealed to 0 (default: 4.5)")
     args = p.parse_args(argv)

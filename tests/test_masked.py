@@ -234,8 +234,8 @@ def test_one_token_per_step_fills_every_position_exactly_once(order, mode):
 def test_few_steps_follow_the_cosine_schedule_and_gft_is_one_pass():
     m = tiny()
     calls = []
-    real = m.logits_at
-    m.logits_at = lambda *a: calls.append((a[0].shape[0], a[4].shape[1])) or real(*a)
+    real = m.hidden_at
+    m.hidden_at = lambda *a: calls.append((a[0].shape[0], a[4].shape[1])) or real(*a)
     masks = []
     sample(m, torch.tensor([0, 1]), beta=0.5, steps=4, order="random", generator=torch.Generator().manual_seed(0),
            callback=lambda s, c, mask: masks.append(int(mask[0].sum())))
@@ -256,6 +256,42 @@ def test_sampling_is_deterministic_per_generator_and_greedy_confidence_is_argmax
     ref = m(torch.zeros(1, N, dtype=torch.long), torch.tensor([3]), torch.ones(1),
             mask=torch.ones(1, N, dtype=torch.bool)).argmax(-1)
     assert torch.equal(greedy, ref)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+@pytest.mark.parametrize("scale", [2.0, 150.0])  # 150: logits beyond exp's float32 range take the max-shifted path
+def test_token_draw_gives_the_log_probability_it_drew_from(temperature, scale):
+    from gft_tokens.sampling.masked import _draw
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 12, generator=g) * scale
+    tokens, logp = _draw(logits.clone(), temperature, 0, 1.0, torch.Generator().manual_seed(1))
+    ref = F.log_softmax(logits / (temperature or 1.0), dim=-1)
+    assert torch.allclose(logp, ref.gather(1, tokens[:, None]).squeeze(1), atol=1e-4)
+    if temperature == 0:
+        assert torch.equal(tokens, logits.argmax(-1))
+    elif scale == 2.0:  # one fixed row drawn many times follows softmax(ℓ/T)
+        row = logits[:1].expand(20000, -1).clone()
+        freq = torch.bincount(_draw(row, temperature, 0, 1.0, torch.Generator().manual_seed(2))[0], minlength=12)
+        assert (freq / 20000.0 - ref[0].exp()).abs().max() < 0.015
+
+
+def test_chunked_head_and_cfg_mix_match_full_logits(monkeypatch):
+    """Decoder states → head chunk by chunk (here 3 rows at a time) → u + w·(c − u): same tokens and log p as
+    the full logits."""
+    import gft_tokens.sampling.masked as sm
+
+    head = torch.nn.Linear(8, V)
+    hidden = torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(sm, "_CHUNK_ELEMENTS", 3 * V)
+    with torch.no_grad():
+        c, u = head(hidden[0]), head(hidden[1])
+        mixed = u + 2.5 * (c - u)
+        tokens, logp = sm._draw_from_states(head, hidden, 2.5, 0.0, 0, 1.0, None)
+        assert torch.equal(tokens, mixed.argmax(-1))
+        assert torch.allclose(logp, F.log_softmax(mixed, -1).gather(1, tokens[:, None]).squeeze(1), atol=1e-5)
+        tokens, logp = sm._draw_from_states(head, hidden[0], None, 0.0, 0, 1.0, None)
+        assert torch.equal(tokens, c.argmax(-1))
 
 
 def test_cfg_mode_mixes_guided_logits():
@@ -373,4 +409,5 @@ def test_generate_and_bench_with_the_masked_family(tmp_path):
                       "64", "--batch", "2", "--repeats", "1", "--steps", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["model"] == "masked" and result["gft_vs_cfg_speedup"] > 0
+    assert result["model"] == "masked" and result["gft_vs_cfg_speedup"] > 0  # the default (random) order
+    assert result["gft_vs_cfg_speedup_confidence"] > 0

@@ -371,12 +371,16 @@ class MaskedTokenModel(GFTPreTrainedModel):
         return HeadInputs(self.hidden_states(codes, cond, beta, mask), self.output)
 
     # -- sampling --------------------------------------------------------------------------------------------------
-    def logits_at(self, codes: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
+    def hidden_at(self, codes: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
                   positions: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, V), float32, at ``positions`` (B, K) only — the head never runs on other positions."""
+        """Decoder states (B, K, D) at ``positions`` (B, K) only, for the output head (``self.output``)."""
         h = self.hidden_states(codes, labels, beta, mask)
         if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
             raise GFTError(f"positions must have shape ({h.shape[0]}, K), got {tuple(positions.shape)}")
         positions = positions.to(h.device)
-        h = h.gather(1, positions[..., None].expand(-1, -1, h.shape[-1]))
-        return self.output(h).float()
+        return h.gather(1, positions[..., None].expand(-1, -1, h.shape[-1]))
+
+    def logits_at(self, codes: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, V), float32, at ``positions`` (B, K) only — the head never runs on other positions."""
+        return self.output(self.hidden_at(codes, labels, beta, mask, positions)).float()

@@ -40,17 +40,25 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None, b
     sums of blocks of ``block`` entries (a vectorised reduction), then inside the chosen block. Entries of weight
     0 (filtered by top-k/top-p) are never drawn.
     """
+    return categorical_with_total(probs, generator, block)[0]
+
+
+def categorical_with_total(probs: torch.Tensor, generator: torch.Generator | None = None,
+                           block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`categorical`, also returning each row's total weight (float64, (B,)) from the same reduction."""
     bsz, vocab = probs.shape
     pad = (-vocab) % block
     w = torch.nn.functional.pad(probs, (0, pad)) if pad else probs
     blocks = w.reshape(bsz, -1, block)
-    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, V/block)
+    # Block sums in float32 (a float64 reduction over all B×V entries costs ten times more), then
+    # cumulated in float64; the inner inversion clamps to the block, so rounding never picks a weight-0 entry.
+    block_cdf = blocks.sum(-1, dtype=torch.promote_types(probs.dtype, torch.float32)).double().cumsum(-1)  # (B, V/block)
     u = torch.rand(bsz, 1, generator=generator, device=probs.device, dtype=torch.float64) * block_cdf[:, -1:]
     b = _draw_below(block_cdf, u)  # (B, 1) chosen block
     before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(u))
     inner_cdf = blocks.gather(1, b[:, :, None].expand(-1, -1, block)).squeeze(1).double().cumsum(-1)
     j = _draw_below(inner_cdf, u - before)
-    return (b * block + j).squeeze(-1)
+    return (b * block + j).squeeze(-1), block_cdf[:, -1]
 
 
 def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

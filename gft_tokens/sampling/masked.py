@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..conditioning import check_labels
 from ..errors import GFTError
-from .common import categorical, check_sampling_args, filter_logits, resolve_guidance
+from .common import categorical_with_total, check_sampling_args, filter_logits, resolve_guidance
 
 ORDERS = ("confidence", "random")
 CFG_SCHEDULES = ("constant", "linear")
@@ -65,15 +65,55 @@ def check_masked_sampling_args(steps, order: str, cfg_schedule: str, choice_temp
         raise GFTError(f"choice_temperature must be a finite number ≥ 0, got {choice_temperature}")
 
 
+# exp(ℓ) of float32 logits with every row's max in this range neither overflows (summed over 2^20 entries) nor
+# underflows to an all-zero row, so the max need not be subtracted first.
+_EXP_SAFE = 60.0
+
+
 def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row of (R, V) logits and its log-probability under the distribution it was drawn from."""
+    """One token per row of (R, V) float logits and its log-probability under the distribution it was drawn from.
+
+    Overwrites ``logits`` (the sampler's own buffer). At every confidence-order step this runs on every masked
+    position × V, so it stays at a few in-place passes: unnormalised weights ``w = exp(ℓ/T − max)`` (the max is
+    subtracted only where exp could overflow), one draw from ``w`` by CDF inversion that also sums ``w``, and
+    ``log p = log w[token] − log Σw``.
+    """
     if temperature == 0:
-        tokens = logits.argmax(-1)
-        logp = F.log_softmax(logits.float(), dim=-1)
-    else:
-        logp = F.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
-        tokens = categorical(logp.exp(), generator)
-    return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+        tokens = logits.argmax(-1, keepdim=True)
+        return tokens.squeeze(1), (logits.gather(1, tokens) - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(1)
+    if top_k or top_p < 1.0:
+        logits = filter_logits(logits / temperature, top_k, top_p)
+    elif temperature != 1.0:
+        logits.mul_(1.0 / temperature)
+    row_max = logits.amax(-1, keepdim=True)
+    if not bool(row_max.abs().amax() < _EXP_SAFE):
+        logits.sub_(row_max)
+    weights = logits.exp_()
+    tokens, total = categorical_with_total(weights, generator)
+    logp = weights.gather(1, tokens[:, None]).squeeze(1).double().log() - total.log()
+    return tokens, logp.float()
+
+
+# Rows of logits per chunk: the head's output, the guidance mix and the draw of a chunk stay in cache (8 MiB of
+# float32) instead of streaming a (rows × V) tensor — every masked position × V at a confidence step — through
+# memory several times.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _draw_from_states(head, hidden: torch.Tensor, cfg_scale: float | None, temperature: float, top_k: int,
+                      top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and their log-probabilities (R,) from decoder states: ``hidden`` (R, D), or for CFG (2, R, D) with
+    the conditional rows first, mixed as ``u + w·(c − u)``. The head runs chunk by chunk of rows."""
+    rows = hidden.shape[-2]
+    chunk = max(1, _CHUNK_ELEMENTS // head.out_features)
+    tokens = torch.empty(rows, dtype=torch.long, device=hidden.device)
+    logp = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    for i in range(0, rows, chunk):
+        logits = head(hidden[..., i:i + chunk, :]).float()
+        if cfg_scale is not None:
+            logits = logits[0].mul_(cfg_scale).add_(logits[1], alpha=1.0 - cfg_scale)  # u + w·(c − u), in place
+        tokens[i:i + chunk], logp[i:i + chunk] = _draw(logits, temperature, top_k, top_p, generator)
+    return tokens, logp
 
 
 def _gumbel(shape, generator, device) -> torch.Tensor:
@@ -83,7 +123,7 @@ def _gumbel(shape, generator, device) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_schedule: str = "constant",
-           steps: int = 16, order: str = "confidence", choice_temperature: float = 4.5, temperature: float = 1.0,
+           steps: int = 16, order: str = "random", choice_temperature: float = 4.5, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Generate image codes (B, N) for class ``labels`` (B,).
@@ -95,7 +135,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
             model, β applies to the conditional rows.
         cfg_schedule: ``"constant"`` (w every step; what a fixed β corresponds to) or ``"linear"`` (MAR's ramp).
         steps: decoding steps, 1 … N (N = number of tokens; N steps fix one token per step).
-        order: ``"confidence"`` (MaskGIT, Gumbel-perturbed confidence) or ``"random"`` (MAR's random order).
+        order: ``"random"`` (MAR's random order; the default: better samples from the small models trained here,
+            e.g. FID 37 vs 66 on the embedded benchmark) or ``"confidence"`` (MaskGIT, Gumbel-perturbed confidence).
         choice_temperature: Gumbel noise scale of the confidence order at the first step, annealed to 0
             (MaskGIT's class-conditional setting: 4.5; 0 picks the most confident tokens).
         callback: called after every step as ``callback(step, codes, mask)`` (copies; mask True = still masked).
@@ -129,13 +170,11 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                     positions = gen_order[:, after:remaining]
                 else:
                     positions = mask.nonzero()[:, 1].view(bsz, remaining)
-                logits = model.logits_at(rows(codes), labels, beta, rows(mask), rows(positions))
-                if cfg:
-                    w = guidance_scale(cfg_scale, cfg_schedule, n, after)
-                    cond, uncond = logits.chunk(2)
-                    logits = uncond + w * (cond - uncond)
+                hidden = model.hidden_at(rows(codes), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
                 k = positions.shape[1]
-                tokens, logp = _draw(logits.flatten(0, 1), temperature, top_k, top_p, generator)
+                w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
+                hidden = hidden.reshape(2, bsz * k, -1) if cfg else hidden.reshape(bsz * k, -1)
+                tokens, logp = _draw_from_states(model.output, hidden, w, temperature, top_k, top_p, generator)
                 tokens, logp = tokens.view(bsz, k), logp.view(bsz, k)
                 if order == "confidence":
                     tau = choice_temperature * (1.0 - (step + 1) / steps)
