@@ -6,7 +6,7 @@
     python scripts/train_masked.py --init-from runs/masked-cfg/model --steps 40 --out runs/masked-ft
     deepspeed --num_gpus 8 scripts/train_masked.py --preset MAR-B --zero-stage 2 --out runs/mar-b
 
-Same options and loop as scripts/train_llamagen.py (only the defaults of --preset and --out differ). Options come
+Same options and loop as scripts/train_llamagen.py (only the defaults of --preset, --steps and --out differ). Options come
 from the dataclass defaults, then --config YAML, then the flags below.
 """
 
@@ -22,6 +22,7 @@ from gft_tokens.train.loop import TrainOptions, train_cli
 @dataclass
 class MaskedTrainOptions(TrainOptions):
     preset: str = opt("MAR-tiny", "model size preset (see --list-presets)")
+    steps: int = opt(1500, "optimizer steps")
     out: str = opt("runs/masked", "run directory: checkpoints/, model/, train_log.jsonl")
 
 

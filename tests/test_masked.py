@@ -55,6 +55,14 @@ def test_mar_presets(name, dim, depth, heads):
     assert blocks == 2 * depth * (12 * dim * dim + 13 * dim)  # ViT blocks: qkv, proj, 4x MLP, two LayerNorms
 
 
+def test_cpu_presets_draw_wider_mask_ratios():
+    for name in ("MAR-nano", "MAR-tiny", "MAR-small"):
+        cfg = masked_config(name, vocab_size=1024, grid_size=8)
+        assert (cfg.mask_ratio_min, cfg.mask_ratio_std, cfg.attn_dropout) == (0.3, 0.5, 0.0)
+    r = draw_mask_ratio(torch.Generator().manual_seed(0), 0.3, 0.5, shape=(50000,))
+    assert r.min() >= 0.3 and r.max() <= 1.0 and (r < 0.7).float().mean() > 0.2  # MAR's draw never goes below 0.7
+
+
 def test_unknown_preset_and_bad_config():
     with pytest.raises(GFTError, match="did you mean 'MAR-tiny'"):
         masked_config("MAR-tiyn")
@@ -378,6 +386,7 @@ def test_train_masked_script_defaults_and_help():
         if field != "model":
             assert "--" + field.replace("_", "-") in proc.stdout, field
     assert "(default: runs/masked)" in proc.stdout and "(default: MAR-tiny)" in proc.stdout
+    assert "optimizer steps (default: 1500)" in proc.stdout
 
 
 def test_generate_and_bench_with_the_masked_family(tmp_path):

@@ -44,15 +44,19 @@ from ..nn import Embedding, Linear, OutputHead
 from ..objectives import HeadInputs
 from ..tokenizers.vq import check_codes
 
-_CPU = dict(pos_init="sincos", attn_dropout=0.0, proj_dropout=0.0)
+# CPU sizes, trained for minutes: sin-cos positions, no dropout, and a wider mask-ratio draw than MAR's (normal
+# of mean 1, std 0.5, truncated to [0.3, 1]; MAR: std 0.25 on [0.7, 1]). Sampling fixes the last tokens with most of
+# the image known — a context MAR's ratios never show in training; at MAR's scale the model generalises to it, a
+# model of a million parameters trained for minutes does not (embedded benchmark, MAR-tiny, 1000 steps, random
+# order, 500 samples: FID 43 with MAR's ratios, 37 with these, class accuracy 88% → 95%).
+_CPU = dict(pos_init="sincos", attn_dropout=0.0, proj_dropout=0.0, mask_ratio_min=0.3, mask_ratio_std=0.5)
 
 # MAR's sizes (LTH14/mar, models/mar.py: mar_base/large/huge; encoder and decoder alike) and small CPU sizes.
 PRESETS: dict[str, dict] = {
     "MAR-B": dict(encoder_dim=768, encoder_depth=12, encoder_heads=12, decoder_dim=768, decoder_depth=12, decoder_heads=12),
     "MAR-L": dict(encoder_dim=1024, encoder_depth=16, encoder_heads=16, decoder_dim=1024, decoder_depth=16, decoder_heads=16),
     "MAR-H": dict(encoder_dim=1280, encoder_depth=20, encoder_heads=16, decoder_dim=1280, decoder_depth=20, decoder_heads=16),
-    # CPU sizes: MAR's shape at a few hundred thousand to a few million parameters. Trained for minutes, not
-    # hundreds of epochs, they start from sin-cos positions and use no dropout.
+    # CPU sizes: MAR's shape at a few hundred thousand to a few million parameters (settings: _CPU above).
     "MAR-nano": dict(encoder_dim=64, encoder_depth=1, encoder_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=2,
                      buffer_size=4, **_CPU),
     "MAR-tiny": dict(encoder_dim=128, encoder_depth=2, encoder_heads=4, decoder_dim=128, decoder_depth=2, decoder_heads=4,
