@@ -91,6 +91,21 @@ class BetaEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+def embed_condition(class_table: nn.Module, num_classes: int, beta_embedder: BetaEmbedder | None, labels, beta,
+                    guidance: str = "cfg_scale") -> torch.Tensor:
+    """The condition vector of every family: ``class_table`` (``num_classes`` + 1 rows, the last the null class)
+    at ``labels``, plus the β embedding when ``beta`` is given: (B, D). A model without a β input (trained with
+    the CFG objective) refuses β with a message naming its guidance argument ``guidance``."""
+    labels = check_labels(labels, num_classes, allow_null=True)
+    h = class_table(labels.to(next(class_table.parameters()).device))
+    if beta is not None:
+        if beta_embedder is None:
+            raise GFTError(f"this model has no β input (trained with the CFG objective); sample it with {guidance}, "
+                           "or fine-tune it with --objective gft --init-from")
+        h = h + beta_embedder(check_beta(beta, labels.shape[0], device=h.device)).to(h.dtype)
+    return h
+
+
 def beta_to_cfg_scale(beta: float) -> float:
     """LlamaGen/MAR convention ``u + w·(c − u)``: w = 1/β."""
     if not 0.0 < beta <= 1.0:

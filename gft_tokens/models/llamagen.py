@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 from ..cache import KVCache
-from ..conditioning import BetaEmbedder, ClassEmbedder, check_beta, check_labels
+from ..conditioning import BetaEmbedder, ClassEmbedder, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply_rope, rope_2d_table, swiglu_hidden_dim
@@ -209,14 +209,7 @@ class LlamaGen(GFTPreTrainedModel):
 
     def condition_tokens(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Class embedding (+ β embedding) repeated over ``cls_token_num`` positions: (B, cls_token_num, D)."""
-        labels = check_labels(labels, self.num_classes, allow_null=True).to(self.tok_embeddings.weight.device)
-        h = self.cls_embedding(labels)
-        if beta is not None:
-            if self.beta_embedder is None:
-                raise GFTError("this model has no β input (trained with the CFG objective); sample it with "
-                               "cfg_scale, or fine-tune it with --objective gft --init-from")
-            beta = check_beta(beta, labels.shape[0], device=h.device)
-            h = h + self.beta_embedder(beta).to(h.dtype)
+        h = embed_condition(self.cls_embedding, self.num_classes, self.beta_embedder, labels, beta)
         return h[:, None, :].expand(-1, self.config.cls_token_num, -1)
 
     # -- backbone ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassEmbedder, check_beta, check_labels
+from ..conditioning import BetaEmbedder, ClassEmbedder, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import Embedding, Linear, OutputHead
@@ -305,15 +305,7 @@ class MaskedTokenModel(GFTPreTrainedModel):
 
     def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Class embedding (+ β embedding): (B, encoder_dim)."""
-        labels = check_labels(labels, self.num_classes, allow_null=True).to(self.tok_embeddings.weight.device)
-        h = self.class_emb(labels)
-        if beta is not None:
-            if self.beta_embedder is None:
-                raise GFTError("this model has no β input (trained with the CFG objective); sample it with "
-                               "cfg_scale, or fine-tune it with --objective gft --init-from")
-            beta = check_beta(beta, labels.shape[0], device=h.device)
-            h = h + self.beta_embedder(beta).to(h.dtype)
-        return h
+        return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)
 
     # -- backbone --------------------------------------------------------------------------------------------------
     def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 from ..cache import KVCache
-from ..conditioning import BetaEmbedder, check_beta, check_labels
+from ..conditioning import BetaEmbedder, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import DropPath, Embedding, Linear, OutputHead
@@ -384,15 +384,7 @@ class VAR(GFTPreTrainedModel):
 
     def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """``class_emb(c)`` (+ β embedding): (B, C) — the start token and the AdaLN condition of every block."""
-        labels = check_labels(labels, self.num_classes, allow_null=True).to(self.class_emb.weight.device)
-        cond = self.class_emb(labels)
-        if beta is not None:
-            if self.beta_embedder is None:
-                raise GFTError("this model has no β input (trained with the CFG objective); sample it with "
-                               "cfg, or fine-tune it with --objective gft --init-from")
-            beta = check_beta(beta, labels.shape[0], device=cond.device)
-            cond = cond + self.beta_embedder(beta).to(cond.dtype)
-        return cond
+        return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta, guidance="cfg")
 
     def load_quantizer(self, source) -> None:
         """Copy the f̂ path (codebook, φ convs) from a multi-scale tokenizer or its ``quantizer_state()`` dict."""
