@@ -91,6 +91,19 @@ class BetaEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+class ClassConditional:
+    """Mixin of the class-conditional generators: ``num_classes`` from the config; the null class is the row after
+    the last class."""
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+
 def embed_condition(class_table: nn.Module, num_classes: int, beta_embedder: BetaEmbedder | None, labels, beta,
                     guidance: str = "cfg_scale") -> torch.Tensor:
     """The condition vector of every family: ``class_table`` (``num_classes`` + 1 rows, the last the null class)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 from ..cache import KVCache
-from ..conditioning import BetaEmbedder, ClassEmbedder, embed_condition
+from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply_rope, rope_2d_table, swiglu_hidden_dim
@@ -175,7 +175,7 @@ class Block(nn.Module):
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
-class LlamaGen(GFTPreTrainedModel):
+class LlamaGen(ClassConditional, GFTPreTrainedModel):
     config_class = LlamaGenConfig
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
@@ -199,14 +199,6 @@ class LlamaGen(GFTPreTrainedModel):
         self.post_init()
 
     # -- conditioning ------------------------------------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     def condition_tokens(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Class embedding (+ β embedding) repeated over ``cls_token_num`` positions: (B, cls_token_num, D)."""
         h = embed_condition(self.cls_embedding, self.num_classes, self.beta_embedder, labels, beta)

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassEmbedder, embed_condition
+from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import Embedding, Linear, OutputHead
@@ -269,7 +269,7 @@ class Block(nn.Module):
 # -----------------------------------------------------------------------------------------------------------------
 # The model
 # -----------------------------------------------------------------------------------------------------------------
-class MaskedTokenModel(GFTPreTrainedModel):
+class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
     config_class = MaskedConfig
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
@@ -295,14 +295,6 @@ class MaskedTokenModel(GFTPreTrainedModel):
         self.post_init()
 
     # -- conditioning ----------------------------------------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Class embedding (+ β embedding): (B, encoder_dim)."""
         return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)

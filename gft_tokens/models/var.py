@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 from ..cache import KVCache
-from ..conditioning import BetaEmbedder, embed_condition
+from ..conditioning import BetaEmbedder, ClassConditional, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import DropPath, Embedding, Linear, OutputHead
@@ -342,7 +342,7 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(x) * (1 + scale) + shift
 
 
-class VAR(GFTPreTrainedModel):
+class VAR(ClassConditional, GFTPreTrainedModel):
     config_class = VARConfig
     supports_gradient_checkpointing = True
     _no_split_modules = ["AdaLNSelfAttn"]
@@ -370,14 +370,6 @@ class VAR(GFTPreTrainedModel):
         self.post_init()
 
     # -- conditioning ------------------------------------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     @property
     def scales(self) -> list[int]:
         return list(self.config.scales)
