@@ -21,7 +21,7 @@ from transformers import PretrainedConfig
 
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
-from .vq import check_codes, check_images
+from .vq import GridTokenizer, check_codes, check_images
 
 # ch_mult per published tokenizer (FoundationVision/LlamaGen, VQ_models)
 VQ_PRESETS = {"VQ-16": [1, 1, 2, 2, 4], "VQ-8": [1, 2, 2, 4]}
@@ -221,7 +221,7 @@ class Quantizer(nn.Module):
         return self.codebook()[codes].permute(0, 3, 1, 2).contiguous()
 
 
-class LlamaGenVQ(GFTPreTrainedModel):
+class LlamaGenVQ(GridTokenizer, GFTPreTrainedModel):
     """Images in [-1, 1] ↔ a grid of integer codes, LlamaGen's VQ tokenizer.
 
     >>> tok = load_tokenizer("tokenizers/llamagen-vq16")   # imported with scripts/import_checkpoint.py
@@ -241,27 +241,6 @@ class LlamaGenVQ(GFTPreTrainedModel):
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
         self.post_init()
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def downsample(self) -> int:
-        return self.config.downsample
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        g = self.config.image_size // self.config.downsample
-        return (g, g)
-
-    def describe(self) -> dict:
-        return {"type": self.config.model_type, "codebook_size": self.codebook_size,
-                "grid_size": list(self.grid_size), "image_size": self.image_size}
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -38,12 +38,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PretrainedConfig
 from vector_quantize_pytorch import VectorQuantize
 
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
-from .vq import Decoder, Encoder, check_codes, check_images
+from .vq import AutoencoderConfig, Decoder, GridTokenizer, Encoder, check_codes, check_images
 
 DEFAULT_SCALES = (1, 2, 3, 4, 6, 8)
 VAR_SCALES_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's schedule for a 16x16 grid (256px images)
@@ -125,7 +124,7 @@ def flatten_scales(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # The tokenizer
 # ---------------------------------------------------------------------------------------------------------------
-class MultiScaleVQConfig(PretrainedConfig):
+class MultiScaleVQConfig(AutoencoderConfig):
     """Configuration of :class:`MultiScaleVQTokenizer`.
 
     ``channel_mult`` as in :class:`~gft_tokens.tokenizers.VQConfig` (downsample factor 2^(levels−1)); ``scales`` is
@@ -154,12 +153,7 @@ class MultiScaleVQConfig(PretrainedConfig):
         kmeans_init: bool = True,
         **kwargs,
     ):
-        self.image_size = int(image_size)
-        self.in_channels = int(in_channels)
-        self.channels = int(channels)
-        self.channel_mult = [int(m) for m in channel_mult]
-        self.num_res_blocks = int(num_res_blocks)
-        self.z_channels = int(z_channels)
+        self.set_autoencoder(image_size, in_channels, channels, channel_mult, num_res_blocks, z_channels)
         self.codebook_size = int(codebook_size)
         self.codebook_dim = int(codebook_dim)
         self.scales = list(scales) if isinstance(scales, (list, tuple)) else scales
@@ -170,22 +164,15 @@ class MultiScaleVQConfig(PretrainedConfig):
         self.dead_code_threshold = float(dead_code_threshold)
         self.kmeans_init = bool(kmeans_init)
         super().__init__(**kwargs)
-        if not self.channel_mult:
-            raise GFTError("channel_mult needs at least one level")
-        if self.image_size % self.downsample:
-            raise GFTError(f"image_size {self.image_size} is not divisible by the downsample factor {self.downsample}")
+        self.check_autoencoder()
         if self.codebook_size < 2:
             raise GFTError(f"codebook_size must be at least 2, got {self.codebook_size}")
         if self.share_quant_resi < 0:
             raise GFTError(f"share_quant_resi must be ≥ 0 (0: one φ per scale, 1: shared, n: n φ), got {self.share_quant_resi}")
         self.scales = check_scales(self.scales, self.image_size // self.downsample, "scales")
 
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
 
-
-class MultiScaleVQTokenizer(GFTPreTrainedModel):
+class MultiScaleVQTokenizer(GridTokenizer, GFTPreTrainedModel):
     """Images in [-1, 1] ↔ a pyramid of integer code maps, one per scale.
 
     >>> tok = load_tokenizer("tokenizers/shapes-msvq")
@@ -223,18 +210,6 @@ class MultiScaleVQTokenizer(GFTPreTrainedModel):
 
     # -- public API ------------------------------------------------------------------------------------------
     @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def downsample(self) -> int:
-        return self.config.downsample
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
     def scales(self) -> list[int]:
         return list(self.config.scales)
 
@@ -251,14 +226,7 @@ class MultiScaleVQTokenizer(GFTPreTrainedModel):
 
     def describe(self) -> dict:
         """What a token model records about the tokenizer it was trained with."""
-        return {
-            "type": self.config.model_type,
-            "codebook_size": self.codebook_size,
-            "grid_size": list(self.grid_size),
-            "image_size": self.image_size,
-            "scales": self.scales,
-            "codebook_dim": self.config.codebook_dim,
-        }
+        return {**super().describe(), "scales": self.scales, "codebook_dim": self.config.codebook_dim}
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -20,12 +20,61 @@ from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 
 
-class VQConfig(PretrainedConfig):
-    """Configuration of :class:`VQTokenizer`.
+class AutoencoderConfig(PretrainedConfig):
+    """The encoder/decoder fields every tokenizer config here shares (:class:`Encoder` / :class:`Decoder`).
 
     ``channel_mult`` has one entry per resolution level; each level but the last halves the resolution, so the
     downsample factor is ``2 ** (len(channel_mult) - 1)`` (``(1, 2, 2)`` → 4, ``(1, 1, 2, 2)`` → 8).
     """
+
+    def set_autoencoder(self, image_size, in_channels, channels, channel_mult, num_res_blocks, z_channels) -> None:
+        self.image_size = int(image_size)
+        self.in_channels = int(in_channels)
+        self.channels = int(channels)
+        self.channel_mult = [int(m) for m in channel_mult]
+        self.num_res_blocks = int(num_res_blocks)
+        self.z_channels = int(z_channels)
+
+    def check_autoencoder(self) -> None:
+        if not self.channel_mult:
+            raise GFTError("channel_mult needs at least one level")
+        if self.image_size % self.downsample:
+            raise GFTError(f"image_size {self.image_size} is not divisible by the downsample factor {self.downsample}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+class GridTokenizer:
+    """Mixin of the image tokenizers: sizes read from the config (``image_size``, ``downsample``, codebook)."""
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def downsample(self) -> int:
+        return self.config.downsample
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Token grid (h, w) for images of the configured ``image_size``."""
+        g = self.config.image_size // self.config.downsample
+        return (g, g)
+
+    def describe(self) -> dict:
+        """What a token model records about the tokenizer it was trained with."""
+        return {"type": self.config.model_type, "codebook_size": self.codebook_size,
+                "grid_size": list(self.grid_size), "image_size": self.image_size}
+
+
+class VQConfig(AutoencoderConfig):
+    """Configuration of :class:`VQTokenizer` (encoder/decoder fields: :class:`AutoencoderConfig`)."""
 
     model_type = "gft_vq_tokenizer"
 
@@ -45,12 +94,7 @@ class VQConfig(PretrainedConfig):
         kmeans_init: bool = True,
         **kwargs,
     ):
-        self.image_size = int(image_size)
-        self.in_channels = int(in_channels)
-        self.channels = int(channels)
-        self.channel_mult = [int(m) for m in channel_mult]
-        self.num_res_blocks = int(num_res_blocks)
-        self.z_channels = int(z_channels)
+        self.set_autoencoder(image_size, in_channels, channels, channel_mult, num_res_blocks, z_channels)
         self.codebook_size = int(codebook_size)
         self.codebook_dim = int(codebook_dim)
         self.commitment_weight = float(commitment_weight)
@@ -58,16 +102,9 @@ class VQConfig(PretrainedConfig):
         self.dead_code_threshold = float(dead_code_threshold)
         self.kmeans_init = bool(kmeans_init)
         super().__init__(**kwargs)
-        if not self.channel_mult:
-            raise GFTError("channel_mult needs at least one level")
-        if self.image_size % self.downsample:
-            raise GFTError(f"image_size {self.image_size} is not divisible by the downsample factor {self.downsample}")
+        self.check_autoencoder()
         if self.codebook_size < 2:
             raise GFTError(f"codebook_size must be at least 2, got {self.codebook_size}")
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -180,7 +217,7 @@ def check_codes(codes, codebook_size: int, ndim: int = 3, name: str = "codes") -
     return codes.long()
 
 
-class VQTokenizer(GFTPreTrainedModel):
+class VQTokenizer(GridTokenizer, GFTPreTrainedModel):
     """Images in [-1, 1] ↔ a grid of integer codes.
 
     >>> tok = load_tokenizer("tokenizers/shapes-vq")
@@ -211,34 +248,7 @@ class VQTokenizer(GFTPreTrainedModel):
         self.decoder = Decoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
         self.post_init()
 
-    # -- public API ------------------------------------------------------------------------------------------
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def downsample(self) -> int:
-        return self.config.downsample
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Token grid (h, w) for images of the configured ``image_size``."""
-        g = self.config.image_size // self.config.downsample
-        return (g, g)
-
-    def describe(self) -> dict:
-        """What a token model records about the tokenizer it was trained with."""
-        return {
-            "type": self.config.model_type,
-            "codebook_size": self.codebook_size,
-            "grid_size": list(self.grid_size),
-            "image_size": self.image_size,
-        }
-
+    # -- public API (sizes, describe(): GridTokenizer) ------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] → codes (B, H/f, W/f) int64."""
