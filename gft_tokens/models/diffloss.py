@@ -207,7 +207,9 @@ class DiffusionHead(nn.Module):
         self.gen_diffusion = GaussianDiffusion(base, spaced_timesteps(train_timesteps, num_sampling_steps))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t, z).float()
+        """ε predictions (R, C), float32, for rows x_t (R, C) at original steps t (R,) given z (R, D)."""
+        dtype = self.net.input_proj.weight.dtype  # bf16 under a bf16 engine; x_t and ε stay float32 outside
+        return self.net(x_t.to(dtype), t, z.to(dtype)).float()
 
     def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg_scale: float | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:

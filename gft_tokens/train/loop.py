@@ -133,7 +133,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
         for key in ("codebook_size", "grid_size", "type"):
             if key in recorded and recorded[key] != mine.get(key):
                 raise GFTError(f"{o.init_from} was trained with a tokenizer of {key} {recorded[key]}, but "
-                               f"{o.tokenizer} has {mine[key]}")
+                               f"{o.tokenizer} has {mine.get(key)}")
         init_state = src.state_dict()
         del src
     else:
