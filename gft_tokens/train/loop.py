@@ -21,6 +21,7 @@ from ..data.codes import batch_indices, shapes_codes
 from ..data.shards import ShardStream
 from ..errors import GFTError
 from ..io import atomic_file, check_writable, config_replace
+from ..objectives import OBJECTIVES  # noqa: F401  (the families look objectives up in this same dict)
 from ..tokenizers import load_tokenizer
 from . import engine as E
 from .families import FAMILY_ADAPTERS, Family
