@@ -63,9 +63,11 @@ def main(argv=None):
                    help="which masked tokens to fix each step: MaskGIT confidence or MAR random order (default: confidence)")
     m.add_argument("--choice-temperature", type=float,
                    help="Gumbel noise on the confidence order, annealed to 0 (default: 4.5)")
+    m.add_argument("--clip-x0", type=float, help="mar only: clamp the diffusion head's x0 estimates to ±this "
+                                                 "(normalised latents; default: no clipping, as MAR)")
     args = p.parse_args(argv)
-    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order,
-                                         choice_temperature=args.choice_temperature).items() if v is not None}
+    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order, choice_temperature=args.choice_temperature,
+                                         clip_x0=args.clip_x0).items() if v is not None}
 
     ckpt = Path(args.ckpt or f"runs/{args.model}/model")
     if not ckpt.exists():
@@ -79,10 +81,12 @@ def main(argv=None):
     tokenizer = load_tokenizer(tok_path)
     check_tokenizer_matches(model, tokenizer)
     family = family_of(model.config.model_type)
-    misplaced = [k for k in family_args if not (family == "masked" or (family == "mar" and k == "steps"))]
+    misplaced = [k for k in family_args if not ((family == "masked" and k != "clip_x0")
+                                                or (family == "mar" and k in ("steps", "clip_x0")))]
     if misplaced:
         flag = "--" + misplaced[0].replace("_", "-")
-        raise GFTError(f"{flag} applies to masked models only; {ckpt} holds a {family} model")
+        only = "mar" if misplaced[0] == "clip_x0" else "masked"
+        raise GFTError(f"{flag} applies to {only} models only; {ckpt} holds a {family} model")
 
     num_classes = model.config.num_classes
     classes = args.classes if args.classes is not None else list(range(num_classes))

@@ -321,6 +321,9 @@ def test_cfg_mixes_eps_and_gft_sampling_is_deterministic():
     a = sample(m, torch.tensor([2, 6]), beta=0.4, steps=3, generator=torch.Generator().manual_seed(5))
     b = sample(m, torch.tensor([2, 6]), beta=0.4, steps=3, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+    # the last reverse step returns the x0 estimate itself, so clipping it bounds every token
+    clipped = sample(m, torch.tensor([2, 6]), beta=0.4, steps=3, clip_x0=2.5, generator=torch.Generator().manual_seed(5))
+    assert clipped.abs().max() <= 2.5 and a.abs().max() > 2.5
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -335,6 +338,7 @@ def test_cfg_mixes_eps_and_gft_sampling_is_deterministic():
     (dict(cfg_scale=2.0, cfg_schedule="cosine"), "cfg_schedule must be one of"),
     (dict(beta=0.5, temperature=-1.0), "temperature"),
     (dict(beta=0.5, top_k=5), "continuous tokens"),
+    (dict(beta=0.5, clip_x0=0.0), "clip_x0 must be"),
 ])
 def test_sampler_bad_inputs(kwargs, message):
     with pytest.raises(GFTError, match=message):

@@ -91,20 +91,23 @@ class GaussianDiffusion:
         """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε for rows x0 (R, C), steps t (R,)."""
         return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
-    def p_mean(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x_{t−1} | x_t) from an ε prediction (x0 not clipped, as MAR's ``clip_denoised=False``)."""
+    def p_mean(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip_x0: float | None = None) -> torch.Tensor:
+        """Mean of p(x_{t−1} | x_t) from an ε prediction; the implied x0 is clamped to [−clip_x0, clip_x0] when given
+        (MAR: not clipped, ``clip_denoised=False``)."""
         x0 = self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         return self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
 
     def sample_loop(self, eps_fn, noise: torch.Tensor, temperature: float = 1.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, clip_x0: float | None = None) -> torch.Tensor:
         """Reverse process from x_T = ``noise`` (R, C); ``eps_fn(x, t_model)`` predicts ε with the original step
         index. As MAR's: the noise added at every step is scaled by ``temperature`` (x_T is not), none at the
         last step."""
         x = noise
         for i in reversed(range(self.num_timesteps)):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            mean = self.p_mean(x, t, eps_fn(x, self.timestep_map.to(x.device)[t]))
+            mean = self.p_mean(x, t, eps_fn(x, self.timestep_map.to(x.device)[t]), clip_x0)
             if i > 0:
                 z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
                 x = mean + torch.exp(0.5 * self._at(self.posterior_log_variance, t, x)) * z * temperature
@@ -212,19 +215,19 @@ class DiffusionHead(nn.Module):
         return self.net(x_t.to(dtype), t, z.to(dtype)).float()
 
     def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg_scale: float | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, clip_x0: float | None = None) -> torch.Tensor:
         """Draw one token per row of z (R, D) → (R, C). With ``cfg_scale`` w, z holds R/2 conditional rows then R/2
         unconditional rows, both denoised from the same noise and mixed as ``u + w·(c − u)``; R/2 tokens return."""
         rows = z.shape[0] // 2 if cfg_scale is not None else z.shape[0]
         noise = torch.randn(rows, self.token_dim, generator=generator).to(z.device)
         if cfg_scale is None:
-            return self.gen_diffusion.sample_loop(lambda x, t: self(x, t, z), noise, temperature, generator)
+            return self.gen_diffusion.sample_loop(lambda x, t: self(x, t, z), noise, temperature, generator, clip_x0)
 
         def guided(x, t):
             cond, uncond = self(torch.cat([x, x]), torch.cat([t, t]), z).chunk(2)
             return uncond + cfg_scale * (cond - uncond)
 
-        return self.gen_diffusion.sample_loop(guided, noise, temperature, generator)
+        return self.gen_diffusion.sample_loop(guided, noise, temperature, generator, clip_x0)
 
 
 # -----------------------------------------------------------------------------------------------------------------

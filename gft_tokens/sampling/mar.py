@@ -43,8 +43,8 @@ def check_mar_sampling_args(steps, cfg_schedule: str, temperature: float, top_k:
 
 @torch.no_grad()
 def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_schedule: str = "constant",
-           steps: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None, progress: bool = False,
+           steps: int = 16, temperature: float = 1.0, clip_x0: float | None = None, top_k: int = 0,
+           top_p: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Generate continuous tokens (B, N, C) for class ``labels`` (B,).
 
@@ -56,10 +56,15 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         cfg_schedule: ``"constant"`` (w every step; what a fixed β corresponds to) or ``"linear"`` (MAR's ramp).
         steps: decoding steps, 1 … N (N steps draw one token per step).
         temperature: scale of the noise added at each reverse diffusion step (MAR: 1.0, or 0.95 without CFG).
+        clip_x0: clamp the x0 implied by each ε prediction to [−clip_x0, clip_x0] (latents are normalised to unit
+            std). MAR does not clip (None); a briefly trained head's ε errors at the first, near-pure-noise steps
+            are amplified ~1/√α_t there, and clipping keeps them from running away.
         callback: called after every step as ``callback(step, tokens, mask)`` (copies; mask True = still masked).
     """
     n, dim = model.config.seq_len, model.config.token_dim
     check_mar_sampling_args(steps, cfg_schedule, temperature, top_k, top_p, n)
+    if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and math.isfinite(clip_x0) and clip_x0 > 0):
+        raise GFTError(f"clip_x0 must be a positive finite number (or None: no clipping), got {clip_x0!r}")
     was_training = model.training
     model.eval()
     try:
@@ -86,7 +91,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                 w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
                 k = positions.shape[1]
                 # (B·K, D) rows; with CFG the B·K conditional rows then the B·K unconditional ones
-                drawn = model.diffloss.sample(z.flatten(0, 1), temperature, cfg_scale=w, generator=generator)
+                drawn = model.diffloss.sample(z.flatten(0, 1), temperature, cfg_scale=w, generator=generator,
+                                              clip_x0=clip_x0)
                 drawn = drawn.view(bsz, k, dim)
                 tokens.scatter_(1, positions[..., None].expand(-1, -1, dim), drawn.to(tokens.dtype))
                 mask.scatter_(1, positions, False)
