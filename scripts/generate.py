@@ -6,6 +6,7 @@
     python scripts/generate.py --cfg-scale 2.0 --ckpt runs/llamagen-cfg/model   # CFG: two passes per token
     python scripts/generate.py --model masked --beta 0.5 --steps 16           # masked model: 16 parallel steps
     python scripts/generate.py --model var --beta 0.5          # VAR: one pass per scale
+    python scripts/generate.py --model mar --beta 0.5 --steps 16   # continuous MAR: diffusion head per token
     python scripts/generate.py --model var --ckpt runs/var-cfg/model --cfg 1.5   # VAR's CFG (1+t)c - t*u, ramped
 
 Outputs (in --out): grid.png and samples.npz (images uint8 (N,H,W,3), labels) for a single setting; for several
@@ -56,15 +57,17 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--out", help="output dir (default: samples/<model>)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (default: 4)")
-    m = p.add_argument_group("masked family (--model masked; see gft_tokens.sampling.masked)")
+    m = p.add_argument_group("masked family (--model masked; see gft_tokens.sampling.masked; --steps also mar)")
     m.add_argument("--steps", type=int, help="parallel decoding steps, 1 .. number of tokens (default: 16)")
     m.add_argument("--order", choices=["confidence", "random"],
                    help="which masked tokens to fix each step: MAR's random order or MaskGIT's confidence (default: random)")
     m.add_argument("--choice-temperature", type=float,
                    help="Gumbel noise on the confidence order, annealed to 0 (default: 4.5)")
+    m.add_argument("--clip-x0", type=float, help="mar only: clamp the diffusion head's x0 estimates to ±this "
+                                                 "(normalised latents; default: no clipping, as MAR)")
     args = p.parse_args(argv)
-    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order,
-                                         choice_temperature=args.choice_temperature).items() if v is not None}
+    family_args = {k: v for k, v in dict(steps=args.steps, order=args.order, choice_temperature=args.choice_temperature,
+                                         clip_x0=args.clip_x0).items() if v is not None}
 
     ckpt = Path(args.ckpt or f"runs/{args.model}/model")
     if not ckpt.exists():
@@ -77,9 +80,13 @@ def main(argv=None):
         raise GFTError(f"{ckpt} records no tokenizer path; pass --tokenizer")
     tokenizer = load_tokenizer(tok_path)
     check_tokenizer_matches(model, tokenizer)
-    if family_args and family_of(model.config.model_type) != "masked":
-        flag = "--" + next(iter(family_args)).replace("_", "-")
-        raise GFTError(f"{flag} applies to masked models only; {ckpt} holds a {family_of(model.config.model_type)} model")
+    family = family_of(model.config.model_type)
+    misplaced = [k for k in family_args if not ((family == "masked" and k != "clip_x0")
+                                                or (family == "mar" and k in ("steps", "clip_x0")))]
+    if misplaced:
+        flag = "--" + misplaced[0].replace("_", "-")
+        only = "mar" if misplaced[0] == "clip_x0" else "masked"
+        raise GFTError(f"{flag} applies to {only} models only; {ckpt} holds a {family} model")
 
     num_classes = model.config.num_classes
     classes = args.classes if args.classes is not None else list(range(num_classes))
@@ -102,7 +109,7 @@ def main(argv=None):
     elif args.cfg is not None:
         raise GFTError("--cfg is VAR's guidance strength; this model takes --cfg-scale")
     elif args.cfg_schedule is not None:
-        if family_of(model.config.model_type) != "masked":
+        if family_of(model.config.model_type) not in ("masked", "mar"):
             raise GFTError(f"--cfg-schedule applies to VAR and masked models; {ckpt} holds a "
                            f"{family_of(model.config.model_type)} model")
         if args.cfg_scale is not None:

@@ -1,7 +1,8 @@
 """Pre-extracted tokenizer codes: what the token models train on.
 
 Images are encoded once (each image and its horizontal flip, as LlamaGen's code extraction does) and kept as
-``codes (N, views, ...)`` int + ``labels (N,)``. For the embedded shapes data the result is cached on disk, keyed
+``codes (N, views, ...)`` int + ``labels (N,)`` (float latents for a continuous tokenizer). For the embedded
+shapes data the result is cached on disk, keyed
 by the tokenizer's weights and the dataset parameters, so a second run starts at once.
 
 Batches are a pure function of ``(seed, step, micro_step, rank)``: resuming at an optimizer step replays exactly
@@ -77,7 +78,8 @@ def shapes_codes(tokenizer, tokenizer_dir, length: int, seed: int = 0, flip: boo
     if path.is_file():
         try:
             data = load_file(str(path))
-            return CodeDataset(data["codes"].long(), data["labels"].long(), ShapesDataset(1).num_classes)
+            codes = data["codes"] if data["codes"].is_floating_point() else data["codes"].long()
+            return CodeDataset(codes, data["labels"].long(), ShapesDataset(1).num_classes)
         except Exception:  # a corrupt cache entry is rebuilt
             tqdm.write(f"code cache {path} is unreadable (corrupt or truncated); rebuilding it")
             path.unlink(missing_ok=True)
@@ -87,7 +89,8 @@ def shapes_codes(tokenizer, tokenizer_dir, length: int, seed: int = 0, flip: boo
     codes = encode_images(tokenizer, images, flip=flip)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as fh:
-        fh.write(save({"codes": codes.to(torch.int32).contiguous(), "labels": labels.contiguous()}))
+        stored = codes.float() if codes.is_floating_point() else codes.to(torch.int32)  # latents stay float
+        fh.write(save({"codes": stored.contiguous(), "labels": labels.contiguous()}))
     return CodeDataset(codes, labels, ds.num_classes)
 
 

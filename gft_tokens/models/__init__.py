@@ -10,6 +10,8 @@ from ..errors import GFTError
 from ..io import read_config_dict
 from .llamagen import PRESETS as LLAMAGEN_PRESETS
 from .llamagen import LlamaGen, LlamaGenConfig, llamagen_config
+from .mar_continuous import PRESETS as MAR_PRESETS
+from .mar_continuous import MARModel, mar_config
 from .masked import PRESETS as MASKED_PRESETS
 from .masked import MaskedTokenModel, masked_config
 from .var import PRESETS as VAR_PRESETS
@@ -19,6 +21,7 @@ FAMILIES: dict[str, dict] = {
     "llamagen": {"model": LlamaGen, "config": llamagen_config, "presets": LLAMAGEN_PRESETS},
     "masked": {"model": MaskedTokenModel, "config": masked_config, "presets": MASKED_PRESETS},
     "var": {"model": VAR, "config": var_config, "presets": VAR_PRESETS},
+    "mar": {"model": MARModel, "config": mar_config, "presets": MAR_PRESETS},  # continuous tokens, diffusion head
 }
 
 

@@ -23,7 +23,7 @@ def check_tokenizer_matches(model, tokenizer) -> None:
     """Refuse a tokenizer whose codebook or grid differs from the one the model was trained with."""
     record = getattr(model.config, "tokenizer", None) or {}
     mine = tokenizer.describe()
-    for key in ("type", "codebook_size", "grid_size", "scales"):
+    for key in ("type", "codebook_size", "grid_size", "scales", "latent_channels"):
         if key in record and key in mine and record[key] != mine[key]:
             raise GFTError(f"tokenizer mismatch: the model was trained with {key} {record[key]}, "
                            f"the tokenizer has {mine[key]}")
@@ -59,14 +59,22 @@ def _var_codes(model, tokenizer, codes):
     return split_scales(codes, model.scales)
 
 
+def _mar_latents(model, tokenizer, tokens):
+    from ..models.mar_continuous import tokens_to_grid
+
+    return tokens_to_grid(tokens, model.config.grid_size)
+
+
 def _register_builtin() -> None:
     from .autoregressive import sample as ar_sample
+    from .mar import sample as mar_sample
     from .masked import sample as masked_sample
     from .next_scale import sample as next_scale_sample
 
     register_sampler("llamagen", ar_sample, _llamagen_codes)
     register_sampler("masked", masked_sample, _llamagen_codes)  # same (B, N) raster codes on a square grid
     register_sampler("var", next_scale_sample, _var_codes)
+    register_sampler("mar", mar_sample, _mar_latents)  # continuous tokens (B, N, C) → latent grid (B, C, h, w)
 
 
 _register_builtin()

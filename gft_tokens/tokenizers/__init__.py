@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..errors import GFTError
 from ..io import read_config_dict
+from .kl import KLConfig, KLTokenizer
 from .llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from .vq import VQConfig, VQTokenizer
@@ -38,7 +39,8 @@ def load_tokenizer(path, map_location="cpu"):
 
 
 register_tokenizer(MultiScaleVQTokenizer)
+register_tokenizer(KLTokenizer)
 
 
-__all__ = ["LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
+__all__ = ["KLConfig", "KLTokenizer", "LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
            "VQTokenizer", "load_tokenizer", "register_tokenizer"]

@@ -135,6 +135,9 @@ def evaluate_tokenizer(tok, images: torch.Tensor, batch_size: int = 250) -> dict
     tok.train(was_training)
     per_scale = [torch.cat([batch[s] for batch in codes]) for s in range(len(codes[0]))]
     stats = {"psnr": psnr(torch.cat(recons), images)}
+    if not hasattr(tok, "codebook_size"):  # continuous latents (KL autoencoder): no codebook to count
+        stats["latent_std"] = float(per_scale[0].float().std())
+        return stats
     stats.update(codebook_usage(torch.cat([c.flatten() for c in per_scale]), tok.codebook_size))
     if len(per_scale) > 1:
         stats["usage_per_scale"] = [round(codebook_usage(c, tok.codebook_size)["usage"], 4) for c in per_scale]
@@ -176,6 +179,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
             saved = _load_checkpoint(ckpt_root / tag, tok, optimizer, gen, state)
             start, log = int(saved["step"]), list(saved.get("log", []))
             tqdm.write(f"resumed from {ckpt_root / tag} at step {start}")
+    loss_name = getattr(tok, "loss_name", "vq_loss")  # the regulariser: VQ commitment/codebook or KL
     t0 = time.time()
     bar = tqdm(range(start, o.steps), desc="train tokenizer", dynamic_ncols=True, initial=start, total=o.steps)
     for step in bar:
@@ -194,11 +198,11 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
             torch.nn.utils.clip_grad_norm_(tok.parameters(), o.grad_clip)
         optimizer.step()
         if step % 10 == 0:
-            bar.set_postfix(rec=f"{rec.item():.4f}", vq=f"{vq_loss.item():.4f}", psnr=f"{psnr(recon.detach(), batch):.1f}")
+            bar.set_postfix(rec=f"{rec.item():.4f}", reg=f"{vq_loss.item():.4f}", psnr=f"{psnr(recon.detach(), batch):.1f}")
         last = step == o.steps - 1
         if last or (o.eval_every and (step + 1) % o.eval_every == 0):
             stats = evaluate_tokenizer(tok, eval_images)
-            entry = {"step": step + 1, "rec_loss": round(rec.item(), 5), "vq_loss": round(vq_loss.item(), 5),
+            entry = {"step": step + 1, "rec_loss": round(rec.item(), 5), loss_name: round(vq_loss.item(), 5),
                      **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
                      "elapsed_s": round(time.time() - t0, 1)}
             log.append(entry)
@@ -208,6 +212,10 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     bar.close()
 
     tok.eval()
+    if hasattr(tok, "calibrate"):  # continuous latents: measure the normalising scale on training images
+        log[-1]["latent_scale"] = round(tok.calibrate(pool[:4000]), 5)
+        tqdm.write(f"latent_scale {tok.config.latent_scale:.5f} (1 / std of posterior draws on {min(len(pool), 4000)}"
+                   " training images)")
     recipe = {"type": kind, "model": model_options, **to_dict(o)}
     tok.save_pretrained(
         o.out,
@@ -218,6 +226,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     )
     shutil.rmtree(ckpt_root, ignore_errors=True)  # the saved tokenizer supersedes them
     final = {**log[-1], "params": n_params, "out": o.out}
-    tqdm.write(f"saved {o.out}: PSNR {final['psnr']:.2f} dB, codebook usage {final['usage']:.1%}, "
-               f"perplexity {final['perplexity']:.0f}, {final['elapsed_s']:.0f}s")
+    usage = (f"codebook usage {final['usage']:.1%}, perplexity {final['perplexity']:.0f}" if "usage" in final
+             else f"latent scale {final['latent_scale']:.4f}")
+    tqdm.write(f"saved {o.out}: PSNR {final['psnr']:.2f} dB, {usage}, {final['elapsed_s']:.0f}s")
     return final

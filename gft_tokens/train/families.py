@@ -11,9 +11,11 @@ from typing import Callable
 
 import torch
 
+from ..data.codes import check_codes_match
 from ..errors import GFTError
 from ..models import FAMILIES
 from ..models.masked import draw_training_mask
+from ..objectives import OBJECTIVES
 
 
 @dataclass
@@ -25,6 +27,8 @@ class LossInputs:
 
 class Family:
     name: str = ""
+    # what the model trains on: "codes" (integer ids of a VQ tokenizer) or "latents" (a continuous tokenizer's)
+    inputs: str = "codes"
     # config fields the loop sets from the tokenizer and the data (not settable through model overrides)
     derived_keys: tuple[str, ...] = ("vocab_size", "grid_size", "num_classes", "tokenizer")
 
@@ -64,6 +68,14 @@ class Family:
 
     def prepare_model(self, model, tokenizer) -> None:
         """Give a freshly built (or initialised) model what it needs from the tokenizer; nothing by default."""
+
+    def objective(self, name: str):
+        """The training objective ``name`` ("gft" or "cfg") for this family's outputs."""
+        return OBJECTIVES[name]
+
+    def check_data(self, data, config) -> None:
+        """Refuse extracted training data that does not fit the model."""
+        check_codes_match(data, config.vocab_size, self.token_shape(config))
 
 
 class LlamaGenFamily(Family):
@@ -143,4 +155,50 @@ class VARFamily(Family):
         model.load_quantizer(tokenizer)
 
 
-FAMILY_ADAPTERS: dict[str, Family] = {"llamagen": LlamaGenFamily(), "masked": MaskedFamily(), "var": VARFamily()}
+class MARFamily(Family):
+    """MAR over continuous latents (a KL tokenizer's, (C, h, w) per image) with a diffusion head: a fresh random
+    mask per batch as the masked family, and the ε objectives of :mod:`gft_tokens.models.diffloss`."""
+
+    name = "mar"
+    inputs = "latents"
+    derived_keys = ("token_dim", "grid_size", "num_classes", "tokenizer")
+
+    def config(self, preset, tokenizer, num_classes, overrides):
+        channels = getattr(tokenizer, "latent_channels", None)
+        if channels is None:
+            raise GFTError(f"the mar family needs a continuous tokenizer (e.g. tokenizers/shapes-kl); this one "
+                           f"({tokenizer.describe()['type']}) gives integer codes — use the masked family for those")
+        h, w = tokenizer.grid_size
+        if h != w:
+            raise GFTError(f"the mar family needs a square latent grid, the tokenizer has {h}x{w}")
+        return FAMILIES[self.name]["config"](preset, token_dim=channels, grid_size=h, num_classes=num_classes,
+                                             tokenizer=tokenizer.describe(), **overrides)
+
+    def token_shape(self, config):
+        return (config.token_dim, config.grid_size, config.grid_size)
+
+    def check_data(self, data, config) -> None:
+        if not data.codes.is_floating_point():
+            raise GFTError("the mar family trains on continuous latents, the data holds integer codes")
+        if tuple(data.codes.shape[2:]) != self.token_shape(config):
+            raise GFTError(f"latents have shape {tuple(data.codes.shape[2:])} per image, the model expects "
+                           f"{self.token_shape(config)} (channels, grid, grid)")
+
+    def objective(self, name):
+        from ..models.diffloss import DIFFUSION_OBJECTIVES
+
+        return DIFFUSION_OBJECTIVES[name]
+
+    def loss_inputs(self, model, latents, generator):
+        from ..models.mar_continuous import grid_to_tokens
+
+        tokens = grid_to_tokens(latents)
+        c = model.config
+        # drawn once per batch and shared by the objective's conditional and unconditional passes
+        mask = draw_training_mask(tokens.shape[0], tokens.shape[1], generator, c.mask_ratio_min,
+                                  c.mask_ratio_std).to(tokens.device)
+        return LossInputs(lambda cond, beta: model.diffusion_inputs(tokens, cond, beta, mask=mask), tokens, mask)
+
+
+FAMILY_ADAPTERS: dict[str, Family] = {"llamagen": LlamaGenFamily(), "masked": MaskedFamily(), "var": VARFamily(),
+                                      "mar": MARFamily()}

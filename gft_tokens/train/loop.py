@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from ..config import opt, to_dict
-from ..data.codes import batch_indices, check_codes_match, shapes_codes
+from ..data.codes import batch_indices, shapes_codes
 from ..data.shards import ShardStream
 from ..errors import GFTError
 from ..io import atomic_file, check_writable, config_replace
-from ..objectives import OBJECTIVES
+from ..objectives import OBJECTIVES  # noqa: F401  (the families look objectives up in this same dict)
 from ..tokenizers import load_tokenizer
 from . import engine as E
 from .families import FAMILY_ADAPTERS, Family
@@ -132,9 +132,9 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
         recorded = src.config.tokenizer or {}
         mine = tokenizer.describe()
         for key in ("codebook_size", "grid_size", "type"):
-            if key in recorded and recorded[key] != mine[key]:
+            if key in recorded and recorded[key] != mine.get(key):
                 raise GFTError(f"{o.init_from} was trained with a tokenizer of {key} {recorded[key]}, but "
-                               f"{o.tokenizer} has {mine[key]}")
+                               f"{o.tokenizer} has {mine.get(key)}")
         init_state = src.state_dict()
         del src
     else:
@@ -189,6 +189,9 @@ def train(family_name: str, o: TrainOptions) -> dict:
         raise GFTError("steps, batch_size and grad_accum must be positive")
     if not 0.0 <= o.drop_prob < 1.0:
         raise GFTError(f"drop_prob must lie in [0, 1), got {o.drop_prob}")
+    if o.data != "shapes" and family.inputs != "codes":
+        raise GFTError(f"the {family_name} family trains on continuous latents of the embedded shapes data only "
+                       f"(--data shapes); shard data holds integer codes or images encoded to codes")
 
     out = Path(o.out)
     ckpt_root = out / "checkpoints"
@@ -217,7 +220,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
     if num_classes > model.config.num_classes:
         raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
     if stream is None:
-        check_codes_match(data, model.config.vocab_size, family.token_shape(model.config))
+        family.check_data(data, model.config)
     else:
         stream.expect(model.config.vocab_size, family.token_shape(model.config))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -237,7 +240,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
         tokenizer.to(engine.device)  # images are encoded on the fly, on the training device
     ema = E.EMA(module, o.ema_decay, stage) if o.ema else None
     gen = torch.Generator().manual_seed(o.seed * 1000 + rank)
-    objective = OBJECTIVES[o.objective]
+    objective = family.objective(o.objective)
 
     start_step, skipped = 0, 0
     if o.resume:

@@ -1,0 +1,236 @@
+"""MAR over continuous tokens (KL-autoencoder latents) with a per-token diffusion head, and a β input for GFT.
+
+The transformer is the masked family's (:mod:`gft_tokens.models.masked`: the same blocks, learned/sin-cos
+positions, buffer holding the condition, MAE-style encoder over known tokens only, decoder with a ``[MASK]``
+vector at masked positions, MAR's training masks) with MAR's continuous-token ends:
+
+* token input: ``z_proj``, a Linear projection of each latent vector (C channels) — not an embedding table;
+* output: the decoder states plus ``diffusion_pos_embed`` give one condition vector z per token for the diffusion
+  head (:mod:`gft_tokens.models.diffloss`), which models p(x | z) with a small denoising MLP.
+
+Conditioning is the masked family's: the class embedding (null class = row ``num_classes``, MAR's
+``fake_latent``) plus, for GFT, a zero-initialised β embedding — so a CFG model and the same weights with a fresh β
+embedder give identical z, hence identical ε predictions.
+
+Latents enter as (B, N, C) rows in raster order of the tokenizer's (B, C, h, w) grid (MAR's ``patchify`` with
+patch size 1). Linear layers of the transformer are initialised N(0, 0.02²) as in the masked family; the diffusion
+head keeps MAR's own init.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import PretrainedConfig
+
+from ..conditioning import BetaEmbedder, ClassEmbedder, check_beta, check_labels
+from ..errors import GFTError
+from ..io import GFTPreTrainedModel
+from ..nn import Embedding, Linear
+from .diffloss import DiffusionHead, DiffusionInputs
+from .masked import PRESETS as MASKED_PRESETS
+from .masked import Block, MaskedConfig, PositionEmbedding, check_mask
+
+# The masked family's transformer sizes with MAR's DiffLoss (depth d, width w): README evaluation settings for
+# MAR-B/L/H (and MAR's diffusion_batch_mul 4); small heads for the CPU sizes, which also draw 2 (t, ε) per token
+# instead of 4 to halve the head's cost per step.
+_HEADS = {"MAR-B": (6, 1024, 4), "MAR-L": (8, 1280, 4), "MAR-H": (12, 1536, 4),
+          "MAR-nano": (2, 64, 2), "MAR-tiny": (3, 128, 2), "MAR-small": (3, 256, 2)}
+PRESETS: dict[str, dict] = {name: dict(MASKED_PRESETS[name], diffloss_d=d, diffloss_w=w, diffusion_batch_mul=mul)
+                            for name, (d, w, mul) in _HEADS.items()}
+
+_SHARED = ("encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim", "decoder_depth", "decoder_heads",
+           "mlp_ratio", "norm_eps", "initializer_range", "attn_dropout", "proj_dropout", "buffer_size",
+           "mask_ratio_min", "mask_ratio_std", "num_classes", "grid_size", "beta_embed", "beta_freq_dim", "pos_init")
+
+
+class MARConfig(PretrainedConfig):
+    model_type = "gft_mar"
+
+    def __init__(
+        self,
+        encoder_dim: int = 1024,
+        encoder_depth: int = 16,
+        encoder_heads: int = 16,
+        decoder_dim: int = 1024,
+        decoder_depth: int = 16,
+        decoder_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        attn_dropout: float = 0.1,
+        proj_dropout: float = 0.1,
+        buffer_size: int = 64,
+        mask_ratio_min: float = 0.7,
+        mask_ratio_std: float = 0.25,
+        num_classes: int = 1000,
+        token_dim: int = 16,
+        grid_size: int = 16,
+        diffloss_d: int = 3,
+        diffloss_w: int = 1024,
+        num_sampling_steps: int = 100,
+        diffusion_batch_mul: int = 4,
+        beta_embed: bool = True,
+        beta_freq_dim: int = 256,
+        pos_init: str = "normal",
+        preset: str | None = None,
+        tokenizer: dict | None = None,
+        **kwargs,
+    ):
+        values = dict(locals())
+        # the transformer's fields, validated by the masked family's rules
+        shared = MaskedConfig(**{k: values[k] for k in _SHARED})
+        for key in _SHARED:
+            setattr(self, key, getattr(shared, key))
+        self.token_dim = int(token_dim)
+        self.diffloss_d, self.diffloss_w = int(diffloss_d), int(diffloss_w)
+        self.num_sampling_steps, self.diffusion_batch_mul = int(num_sampling_steps), int(diffusion_batch_mul)
+        self.preset = preset
+        self.tokenizer = tokenizer  # what the model was trained with (type, latent_channels, grid_size, ...)
+        super().__init__(**kwargs)
+        if self.token_dim < 1:
+            raise GFTError(f"token_dim (latent channels) must be ≥ 1, got {self.token_dim}")
+        if self.diffloss_d < 1 or self.diffloss_w < 1:
+            raise GFTError(f"diffloss_d and diffloss_w must be ≥ 1, got {self.diffloss_d}, {self.diffloss_w}")
+        if not 1 <= self.num_sampling_steps <= 1000:
+            raise GFTError(f"num_sampling_steps must lie in [1, 1000], got {self.num_sampling_steps}")
+        if self.diffusion_batch_mul < 1:
+            raise GFTError(f"diffusion_batch_mul must be ≥ 1, got {self.diffusion_batch_mul}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid_size * self.grid_size
+
+
+def mar_config(preset: str, **overrides) -> MARConfig:
+    """A :class:`MARConfig` from a preset name plus overrides (``token_dim``, ``grid_size`` …)."""
+    if preset not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise GFTError(f"unknown MAR preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
+    return MARConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+def check_tokens(latents, seq_len: int, token_dim: int, name: str = "latents") -> torch.Tensor:
+    """Validate continuous tokens (B, N, C) for a model of ``seq_len`` tokens of ``token_dim`` channels."""
+    if not torch.is_tensor(latents) or not latents.is_floating_point():
+        raise GFTError(f"{name} must be a float tensor (B, {seq_len}, {token_dim}), got "
+                       f"{getattr(latents, 'dtype', type(latents).__name__)}")
+    if latents.ndim != 3 or latents.shape[1:] != (seq_len, token_dim):
+        raise GFTError(f"{name} must have shape (B, {seq_len}, {token_dim}) ({seq_len} tokens of {token_dim} latent "
+                       f"channels), got {tuple(latents.shape)}")
+    return latents
+
+
+def grid_to_tokens(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latent grid → (B, h·w, C) tokens in raster order."""
+    return latents.flatten(2).transpose(1, 2)
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, h·w, C) tokens → (B, C, h, w)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)
+
+
+class MARModel(GFTPreTrainedModel):
+    config_class = MARConfig
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+
+    def __init__(self, config: MARConfig):
+        super().__init__(config)
+        c = config
+        std, enc, dec = c.initializer_range, c.encoder_dim, c.decoder_dim
+        self.class_emb = ClassEmbedder(c.num_classes, enc, std=std)
+        self.beta_embedder = BetaEmbedder(enc, c.beta_freq_dim, std=std) if c.beta_embed else None
+        self.z_proj = Linear(c.token_dim, enc, bias=True, std=std)
+        self.encoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, enc, std, c.pos_init)
+        self.z_proj_ln = nn.LayerNorm(enc, eps=c.norm_eps)
+        self.encoder_blocks = nn.ModuleList([Block(enc, c.encoder_heads, c) for _ in range(c.encoder_depth)])
+        self.encoder_norm = nn.LayerNorm(enc, eps=c.norm_eps)
+        self.decoder_embed = Linear(enc, dec, bias=True, std=std)
+        self.mask_token = Embedding(1, dec, std=std)
+        self.decoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, dec, std, c.pos_init)
+        self.decoder_blocks = nn.ModuleList([Block(dec, c.decoder_heads, c) for _ in range(c.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(dec, eps=c.norm_eps)
+        self.diffusion_pos_embed = Embedding(c.seq_len, dec, std=std)
+        self.diffloss = DiffusionHead(c.token_dim, dec, c.diffloss_d, c.diffloss_w, c.num_sampling_steps,
+                                      c.diffusion_batch_mul)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+        """Class embedding (+ β embedding): (B, encoder_dim)."""
+        labels = check_labels(labels, self.num_classes, allow_null=True).to(self.z_proj.weight.device)
+        h = self.class_emb(labels)
+        if beta is not None:
+            if self.beta_embedder is None:
+                raise GFTError("this model has no β input (trained with the CFG objective); sample it with "
+                               "cfg_scale, or fine-tune it with --objective gft --init-from")
+            h = h + self.beta_embedder(check_beta(beta, labels.shape[0], device=h.device)).to(h.dtype)
+        return h
+
+    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
+                mask: torch.Tensor) -> torch.Tensor:
+        """latents (B, N, C) + labels (B,) [+ β (B,)] + mask (B, N) → z (B, N, decoder_dim), the diffusion head's
+        condition for every token (only those at masked positions are predictions).
+
+        ``mask`` True = masked: those latents are never read; every row must mask the same number of positions.
+        """
+        c = self.config
+        latents = check_tokens(latents, c.seq_len, c.token_dim)
+        bsz, n = latents.shape[0], c.seq_len
+        n_masked = check_mask(mask, bsz, n)
+        device = self.z_proj.weight.device
+        mask = mask.to(device)
+        x = latents.to(device).masked_fill(mask[..., None], 0.0)  # targets never enter
+        cond = self.condition(cond, beta)
+        buf = c.buffer_size
+        positions = torch.arange(buf + n, device=device)
+
+        # encoder: buffer (the condition) + known tokens only
+        x = torch.cat([cond[:, None, :].expand(-1, buf, -1), self.z_proj(x.to(cond.dtype))], dim=1)
+        x = self.z_proj_ln(x + self.encoder_pos_embed(positions))
+        keep = (~mask).nonzero()[:, 1].view(bsz, n - n_masked)  # known positions, ascending, per row
+        known = x[:, buf:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        x = self.encoder_norm(self._blocks(self.encoder_blocks, torch.cat([x[:, :buf], known], dim=1)))
+
+        # decoder: [MASK] everywhere, the encoder's outputs scattered back at the known positions
+        x = self.decoder_embed(x)
+        d = x.shape[-1]
+        pad = self.mask_token(torch.zeros(1, dtype=torch.long, device=device)).to(x.dtype).expand(bsz, n, d)
+        tokens = pad.scatter(1, keep[..., None].expand(-1, -1, d), x[:, buf:])
+        x = torch.cat([x[:, :buf], tokens], dim=1) + self.decoder_pos_embed(positions)
+        x = self.decoder_norm(self._blocks(self.decoder_blocks, x))
+        return x[:, buf:] + self.diffusion_pos_embed(torch.arange(n, device=device))
+
+    def diffusion_inputs(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
+                         mask: torch.Tensor) -> DiffusionInputs:
+        """What the ε objectives take (:mod:`gft_tokens.models.diffloss`): z (B, N, D) and the head."""
+        return DiffusionInputs(self(latents, cond, beta, mask=mask), self.diffloss)
+
+    def z_at(self, latents: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
+             positions: torch.Tensor) -> torch.Tensor:
+        """z (B, K, D) at ``positions`` (B, K) only (for sampling)."""
+        z = self(latents, labels, beta, mask=mask)
+        if positions.ndim != 2 or positions.shape[0] != z.shape[0]:
+            raise GFTError(f"positions must have shape ({z.shape[0]}, K), got {tuple(positions.shape)}")
+        return z.gather(1, positions.to(z.device)[..., None].expand(-1, -1, z.shape[-1]))
