@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassEmbedder, check_beta, check_labels
+from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
 from ..nn import Embedding, Linear
@@ -134,7 +134,7 @@ def tokens_to_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)
 
 
-class MARModel(GFTPreTrainedModel):
+class MARModel(ClassConditional, GFTPreTrainedModel):
     config_class = MARConfig
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
@@ -161,24 +161,9 @@ class MARModel(GFTPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Class embedding (+ β embedding): (B, encoder_dim)."""
-        labels = check_labels(labels, self.num_classes, allow_null=True).to(self.z_proj.weight.device)
-        h = self.class_emb(labels)
-        if beta is not None:
-            if self.beta_embedder is None:
-                raise GFTError("this model has no β input (trained with the CFG objective); sample it with "
-                               "cfg_scale, or fine-tune it with --objective gft --init-from")
-            h = h + self.beta_embedder(check_beta(beta, labels.shape[0], device=h.device)).to(h.dtype)
-        return h
+        return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)
 
     def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for block in blocks:

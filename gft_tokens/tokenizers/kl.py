@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from transformers import PretrainedConfig
 
 from ..errors import GFTError
 from ..io import GFTPreTrainedModel
-from .vq import Decoder, Encoder, check_images
+from .vq import AutoencoderConfig, Decoder, Encoder, GridTokenizer, check_images
 
 
-class KLConfig(PretrainedConfig):
+class KLConfig(AutoencoderConfig):
     """Configuration of :class:`KLTokenizer` (``channel_mult``: as :class:`~gft_tokens.tokenizers.vq.VQConfig`)."""
 
     model_type = "gft_kl_tokenizer"
@@ -41,30 +40,18 @@ class KLConfig(PretrainedConfig):
         latent_scale: float = 1.0,
         **kwargs,
     ):
-        self.image_size = int(image_size)
-        self.in_channels = int(in_channels)
-        self.channels = int(channels)
-        self.channel_mult = [int(m) for m in channel_mult]
-        self.num_res_blocks = int(num_res_blocks)
-        self.z_channels = int(z_channels)
+        self.set_autoencoder(image_size, in_channels, channels, channel_mult, num_res_blocks, z_channels)
         self.latent_channels = int(latent_channels)
         self.kl_weight = float(kl_weight)
         self.latent_scale = float(latent_scale)
         super().__init__(**kwargs)
-        if not self.channel_mult:
-            raise GFTError("channel_mult needs at least one level")
-        if self.image_size % self.downsample:
-            raise GFTError(f"image_size {self.image_size} is not divisible by the downsample factor {self.downsample}")
+        self.check_autoencoder()
         if self.latent_channels < 1:
             raise GFTError(f"latent_channels must be at least 1, got {self.latent_channels}")
         if not self.kl_weight >= 0:
             raise GFTError(f"kl_weight must be ≥ 0, got {self.kl_weight}")
         if not (self.latent_scale > 0 and self.latent_scale < float("inf")):
             raise GFTError(f"latent_scale must be a positive finite number, got {self.latent_scale}")
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
 
 
 class DiagonalGaussian:
@@ -99,7 +86,7 @@ def check_latents(latents, channels: int, grid: tuple[int, int] | None = None, n
     return latents.float()
 
 
-class KLTokenizer(GFTPreTrainedModel):
+class KLTokenizer(GridTokenizer, GFTPreTrainedModel):
     """Images in [-1, 1] ↔ normalised continuous latents (B, C, h, w).
 
     >>> tok = load_tokenizer("tokenizers/shapes-kl")
@@ -124,19 +111,6 @@ class KLTokenizer(GFTPreTrainedModel):
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
-
-    @property
-    def downsample(self) -> int:
-        return self.config.downsample
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        g = self.config.image_size // self.config.downsample
-        return (g, g)
 
     def describe(self) -> dict:
         """What a token model records about the tokenizer it was trained with."""
