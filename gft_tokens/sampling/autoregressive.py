@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..conditioning import check_labels
-from .common import check_sampling_args, resolve_guidance, sample_from_logits
+from .common import check_sampling_args, guided_batch, sample_from_logits
 
 
 @torch.no_grad()
@@ -32,14 +31,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, temperat
     model.eval()
     try:
         device = model.tok_embeddings.weight.device
-        labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
-        bsz = labels.shape[0]
-        beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)
+        labels, beta, cfg_scale, bsz = guided_batch(model, labels, beta, cfg_scale, device)
         cfg = cfg_scale is not None
-        if cfg:
-            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
-            if beta is not None:
-                beta = torch.cat([beta, torch.ones_like(beta)])
         rows = labels.shape[0]
         n = model.config.block_size
         codes = torch.empty(rows, n, dtype=torch.long, device=device)

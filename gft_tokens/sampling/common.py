@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..conditioning import check_beta
+from ..conditioning import check_beta, check_labels
 from ..errors import GFTError
 
 
@@ -97,3 +97,16 @@ def resolve_guidance(batch: int, beta, cfg_scale, has_beta_input: bool, device) 
     if has_beta_input:
         beta = check_beta(1.0 if beta is None else beta, batch, device=device)
     return beta, cfg_scale
+
+
+def guided_batch(model, labels, beta, cfg_scale, device) -> tuple[torch.Tensor, torch.Tensor | None, float | None, int]:
+    """The rows a sampler runs: the B requested classes (checked; the null class is refused) with their β, then, when
+    ``cfg_scale`` is given, B unconditional rows (null class, β = 1). Returns (labels, β or None, cfg_scale, B)."""
+    labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
+    bsz = labels.shape[0]
+    beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)
+    if cfg_scale is not None:
+        labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
+        if beta is not None:
+            beta = torch.cat([beta, torch.ones_like(beta)])
+    return labels, beta, cfg_scale, bsz

@@ -20,9 +20,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..conditioning import check_labels
 from ..errors import GFTError
-from .common import resolve_guidance
+from .common import guided_batch
 from .masked import CFG_SCHEDULES, guidance_scale, masked_after_step
 
 
@@ -69,14 +68,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
     model.eval()
     try:
         device = model.z_proj.weight.device
-        labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
-        bsz = labels.shape[0]
-        beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)
+        labels, beta, cfg_scale, bsz = guided_batch(model, labels, beta, cfg_scale, device)
         cfg = cfg_scale is not None
-        if cfg:
-            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
-            if beta is not None:
-                beta = torch.cat([beta, torch.ones_like(beta)])
         tokens = torch.zeros(bsz, n, dim, device=device)
         mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
         order = torch.rand(bsz, n, generator=generator).argsort(dim=1).to(device)  # first entries drawn last

@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..conditioning import check_labels
 from ..errors import GFTError
-from .common import categorical_with_total, check_sampling_args, filter_logits, resolve_guidance
+from .common import categorical_with_total, check_sampling_args, filter_logits, guided_batch
 
 ORDERS = ("confidence", "random")
 CFG_SCHEDULES = ("constant", "linear")
@@ -148,14 +147,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
     model.eval()
     try:
         device = model.tok_embeddings.weight.device
-        labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
-        bsz = labels.shape[0]
-        beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)
+        labels, beta, cfg_scale, bsz = guided_batch(model, labels, beta, cfg_scale, device)
         cfg = cfg_scale is not None
-        if cfg:
-            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
-            if beta is not None:
-                beta = torch.cat([beta, torch.ones_like(beta)])
         codes = torch.zeros(bsz, n, dtype=torch.long, device=device)
         mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
         if order == "random":  # the first entries of a sample's order are generated last (as MAR)

@@ -25,10 +25,9 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..conditioning import check_labels
 from ..errors import GFTError
 from ..tokenizers.multiscale import flatten_scales
-from .common import check_sampling_args, resolve_guidance, sample_from_logits
+from .common import check_sampling_args, guided_batch, sample_from_logits
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -63,14 +62,8 @@ def sample(model, labels, *, beta=None, cfg: float | None = None, cfg_schedule: 
     model.eval()
     try:
         device = model.word_embed.weight.device
-        labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
-        bsz = labels.shape[0]
-        beta, _ = resolve_guidance(bsz, beta, None, model.beta_embedder is not None, device)
+        labels, beta, _, bsz = guided_batch(model, labels, beta, cfg, device)  # VAR's cfg doubles the rows too
         guided = cfg is not None
-        if guided:
-            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
-            if beta is not None:
-                beta = torch.cat([beta, torch.ones_like(beta)])
         rows = labels.shape[0]
         cond = model.condition(labels, beta)
         cache = model.allocate_cache(rows) if use_cache else None
