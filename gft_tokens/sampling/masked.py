@@ -26,7 +26,6 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import GFTError
