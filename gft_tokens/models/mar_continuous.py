@@ -29,7 +29,7 @@ from ..io import GFTPreTrainedModel
 from ..nn import Embedding, Linear
 from .diffloss import DiffusionHead, DiffusionInputs
 from .masked import PRESETS as MASKED_PRESETS
-from .masked import Block, MaskedConfig, PositionEmbedding, check_mask
+from .masked import Block, MaskedConfig, PositionEmbedding, check_mask, encode_decode, gather_positions
 
 # The masked family's transformer sizes with MAR's DiffLoss (depth d, width w): README evaluation settings for
 # MAR-B/L/H (and MAR's diffusion_batch_mul 4); small heads for the CPU sizes, which also draw 2 (t, ε) per token
@@ -165,14 +165,6 @@ class MARModel(ClassConditional, GFTPreTrainedModel):
         """Class embedding (+ β embedding): (B, encoder_dim)."""
         return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)
 
-    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for block in blocks:
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
     def forward(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
                 mask: torch.Tensor) -> torch.Tensor:
         """latents (B, N, C) + labels (B,) [+ β (B,)] + mask (B, N) → z (B, N, decoder_dim), the diffusion head's
@@ -188,24 +180,8 @@ class MARModel(ClassConditional, GFTPreTrainedModel):
         mask = mask.to(device)
         x = latents.to(device).masked_fill(mask[..., None], 0.0)  # targets never enter
         cond = self.condition(cond, beta)
-        buf = c.buffer_size
-        positions = torch.arange(buf + n, device=device)
-
-        # encoder: buffer (the condition) + known tokens only
-        x = torch.cat([cond[:, None, :].expand(-1, buf, -1), self.z_proj(x.to(cond.dtype))], dim=1)
-        x = self.z_proj_ln(x + self.encoder_pos_embed(positions))
-        keep = (~mask).nonzero()[:, 1].view(bsz, n - n_masked)  # known positions, ascending, per row
-        known = x[:, buf:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
-        x = self.encoder_norm(self._blocks(self.encoder_blocks, torch.cat([x[:, :buf], known], dim=1)))
-
-        # decoder: [MASK] everywhere, the encoder's outputs scattered back at the known positions
-        x = self.decoder_embed(x)
-        d = x.shape[-1]
-        pad = self.mask_token(torch.zeros(1, dtype=torch.long, device=device)).to(x.dtype).expand(bsz, n, d)
-        tokens = pad.scatter(1, keep[..., None].expand(-1, -1, d), x[:, buf:])
-        x = torch.cat([x[:, :buf], tokens], dim=1) + self.decoder_pos_embed(positions)
-        x = self.decoder_norm(self._blocks(self.decoder_blocks, x))
-        return x[:, buf:] + self.diffusion_pos_embed(torch.arange(n, device=device))
+        z = encode_decode(self, self.z_proj(x.to(cond.dtype)), cond, mask, n_masked)
+        return z + self.diffusion_pos_embed(torch.arange(n, device=device))
 
     def diffusion_inputs(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
                          mask: torch.Tensor) -> DiffusionInputs:
@@ -215,7 +191,4 @@ class MARModel(ClassConditional, GFTPreTrainedModel):
     def z_at(self, latents: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
              positions: torch.Tensor) -> torch.Tensor:
         """z (B, K, D) at ``positions`` (B, K) only (for sampling)."""
-        z = self(latents, labels, beta, mask=mask)
-        if positions.ndim != 2 or positions.shape[0] != z.shape[0]:
-            raise GFTError(f"positions must have shape ({z.shape[0]}, K), got {tuple(positions.shape)}")
-        return z.gather(1, positions.to(z.device)[..., None].expand(-1, -1, z.shape[-1]))
+        return gather_positions(self(latents, labels, beta, mask=mask), positions)

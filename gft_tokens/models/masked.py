@@ -189,6 +189,51 @@ def check_mask(mask, batch: int, seq_len: int) -> int:
 
 
 # -----------------------------------------------------------------------------------------------------------------
+# The MAE-style encoder/decoder pass (shared with the continuous variant, models/mar_continuous.py)
+# -----------------------------------------------------------------------------------------------------------------
+def run_blocks(model, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        if model.gradient_checkpointing and model.training:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+def encode_decode(model, token_embeds: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor,
+                  n_masked: int) -> torch.Tensor:
+    """Embedded tokens (B, N, enc) + condition vector (B, enc) + mask (B, N, n_masked per row) → decoder output
+    (B, N, dec): the buffer holds the condition, the encoder sees the buffer and the known tokens only, the decoder
+    a ``[MASK]`` vector at every masked position. ``model`` holds the encoder/decoder modules."""
+    bsz, n, _ = token_embeds.shape
+    device = token_embeds.device
+    buf = model.config.buffer_size
+    positions = torch.arange(buf + n, device=device)
+
+    # encoder: buffer (the condition) + known tokens only
+    x = torch.cat([cond[:, None, :].expand(-1, buf, -1), token_embeds], dim=1)
+    x = model.z_proj_ln(x + model.encoder_pos_embed(positions))
+    keep = (~mask).nonzero()[:, 1].view(bsz, n - n_masked)  # known positions, ascending, per row
+    known = x[:, buf:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+    x = model.encoder_norm(run_blocks(model, model.encoder_blocks, torch.cat([x[:, :buf], known], dim=1)))
+
+    # decoder: [MASK] everywhere, the encoder's outputs scattered back at the known positions
+    x = model.decoder_embed(x)
+    d = x.shape[-1]
+    pad = model.mask_token(torch.zeros(1, dtype=torch.long, device=device)).to(x.dtype).expand(bsz, n, d)
+    tokens = pad.scatter(1, keep[..., None].expand(-1, -1, d), x[:, buf:])
+    x = torch.cat([x[:, :buf], tokens], dim=1) + model.decoder_pos_embed(positions)
+    return model.decoder_norm(run_blocks(model, model.decoder_blocks, x))[:, buf:]
+
+
+def gather_positions(h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of ``h`` (B, N, D) at ``positions`` (B, K) → (B, K, D)."""
+    if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
+        raise GFTError(f"positions must have shape ({h.shape[0]}, K), got {tuple(positions.shape)}")
+    return h.gather(1, positions.to(h.device)[..., None].expand(-1, -1, h.shape[-1]))
+
+
+# -----------------------------------------------------------------------------------------------------------------
 # Blocks
 # -----------------------------------------------------------------------------------------------------------------
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -300,14 +345,6 @@ class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
         return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)
 
     # -- backbone --------------------------------------------------------------------------------------------------
-    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for block in blocks:
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
     def hidden_states(self, codes: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None,
                       mask: torch.Tensor) -> torch.Tensor:
         """Decoder output (B, N, decoder_dim) for every image position.
@@ -325,25 +362,7 @@ class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
         device = self.tok_embeddings.weight.device
         mask = mask.to(device)
         codes = check_codes(codes.to(device).masked_fill(mask, 0), c.vocab_size, ndim=2)  # targets never enter
-        cond = self.condition(cond, beta)
-        buf = c.buffer_size
-        positions = torch.arange(buf + n, device=device)
-
-        # encoder: buffer (the condition) + known tokens only
-        x = torch.cat([cond[:, None, :].expand(-1, buf, -1), self.tok_embeddings(codes)], dim=1)
-        x = self.z_proj_ln(x + self.encoder_pos_embed(positions))
-        keep = (~mask).nonzero()[:, 1].view(bsz, n - n_masked)  # known positions, ascending, per row
-        known = x[:, buf:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
-        x = self.encoder_norm(self._blocks(self.encoder_blocks, torch.cat([x[:, :buf], known], dim=1)))
-
-        # decoder: [MASK] everywhere, the encoder's outputs scattered back at the known positions
-        x = self.decoder_embed(x)
-        d = x.shape[-1]
-        pad = self.mask_token(torch.zeros(1, dtype=torch.long, device=device)).to(x.dtype).expand(bsz, n, d)
-        tokens = pad.scatter(1, keep[..., None].expand(-1, -1, d), x[:, buf:])
-        x = torch.cat([x[:, :buf], tokens], dim=1) + self.decoder_pos_embed(positions)
-        x = self.decoder_norm(self._blocks(self.decoder_blocks, x))
-        return x[:, buf:]
+        return encode_decode(self, self.tok_embeddings(codes), self.condition(cond, beta), mask, n_masked)
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
                 mask: torch.Tensor) -> torch.Tensor:
@@ -362,11 +381,7 @@ class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
     def hidden_at(self, codes: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
                   positions: torch.Tensor) -> torch.Tensor:
         """Decoder states (B, K, D) at ``positions`` (B, K) only, for the output head (``self.output``)."""
-        h = self.hidden_states(codes, labels, beta, mask)
-        if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
-            raise GFTError(f"positions must have shape ({h.shape[0]}, K), got {tuple(positions.shape)}")
-        positions = positions.to(h.device)
-        return h.gather(1, positions[..., None].expand(-1, -1, h.shape[-1]))
+        return gather_positions(self.hidden_states(codes, labels, beta, mask), positions)
 
     def logits_at(self, codes: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,
                   positions: torch.Tensor) -> torch.Tensor:
