@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save
 from ..data.codes import cache_dir
 from ..data.shapes import SUPPORTED_SIZES, heldout
 from ..errors import GFTError
-from ..io import atomic_file
+from ..fs import atomic_file
 from . import metrics as M
 from .features import FeatureExtractor, extract_all
 

@@ -1,8 +1,8 @@
 """Guidance sweeps: sample checkpoints over β (GFT) or the CFG scale w, score every setting, tabulate and plot.
 
-Family-agnostic: checkpoints are opened with :func:`gft_tokens.models.load_model` and sampled with
-:func:`gft_tokens.sampling.sample_images`, so any registered model family sweeps the same way. Network
-evaluations per image (NFE) are counted with :class:`~gft_tokens.eval.nfe.ForwardCounter` while sampling.
+Family-agnostic: checkpoints are opened with :func:`gft_tokens.families.load_model` and sampled with
+:func:`gft_tokens.families.sample_images`, so any registered model family sweeps the same way. Network
+evaluations per image (NFE) are the samplers' own count (:class:`~gft_tokens.sampling.SamplingStats`).
 
 Besides the generator rows, two *floor* rows put the numbers in scale: ``data`` (real images of the generators'
 training split, scored like samples: the best any generator can do at this N) and ``vq-recon`` (those images
@@ -23,14 +23,13 @@ import torch
 
 from ..data.shapes import CLASS_NAMES, ShapesDataset
 from ..errors import GFTError
-from ..io import atomic_file
-from ..models import family_of, load_model
-from ..sampling import check_tokenizer_matches, sample_images
+from ..fs import atomic_file
+from ..families import check_tokenizer_matches, family_of, load_model, sample_images
+from ..sampling import SamplingStats
 from ..tokenizers import load_tokenizer
 from ..viz import grid, labelled_panels, png_bytes, to_uint8
 from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, shapes_reference
 from .features import FeatureExtractor
-from .nfe import ForwardCounter
 
 DEFAULT_BETAS = (1.0, 0.8, 0.66, 0.5, 0.4, 0.33, 0.25)
 DEFAULT_CFG_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -75,18 +74,22 @@ def guidance_equivalent(method: str, value: float) -> float:
 
 @torch.no_grad()
 def sample_setting(model, tokenizer, method: str, value: float, labels: torch.Tensor, batch_size: int, seed: int,
-                   **sampling) -> tuple[np.ndarray, float, float]:
-    """Sample one setting: images uint8 (N, H, W, 3), measured network evaluations per image, seconds."""
-    key = "beta" if method == "gft" else "cfg_scale"
+                   family_options: dict | None = None, **sampling) -> tuple[np.ndarray, SamplingStats, float]:
+    """Sample one setting: images uint8 (N, H, W, 3), the sampler's cost counts, seconds.
+
+    ``family_options`` (``cfg_schedule``, ``steps`` …; None values = the sampler's defaults) are checked against
+    the model's family; ``sampling`` (temperature, top-k, top-p) go to every sampler."""
+    guidance = {"beta": value} if method == "gft" else {"cfg_scale": value}
+    kwargs = family_of(model).sampling_kwargs(**guidance, **(family_options or {}))
     g = torch.Generator().manual_seed(seed)
+    stats = SamplingStats()
     chunks = []
     t0 = time.perf_counter()
-    with ForwardCounter(model) as counter:
-        for i in range(0, len(labels), batch_size):
-            chunks.append(sample_images(model, tokenizer, labels[i:i + batch_size], generator=g, **{key: value},
-                                        **sampling))
+    for i in range(0, len(labels), batch_size):
+        chunks.append(sample_images(model, tokenizer, labels[i:i + batch_size], generator=g, stats=stats,
+                                    **kwargs, **sampling))
     seconds = time.perf_counter() - t0
-    return to_uint8(torch.cat(chunks)), counter.per_image(len(labels)), seconds
+    return to_uint8(torch.cat(chunks)), stats, seconds
 
 
 def _fmt_setting(method: str, value: float) -> str:
@@ -118,10 +121,12 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
               ref_size: int = DEFAULT_REF_SIZE, family: str | None = None, betas=DEFAULT_BETAS, cfg_scales=DEFAULT_CFG_SCALES, n_per_class: int = 100,
               batch_size: int = 250, seed: int = 0, samples_dir: Path | None = None, floors: bool = True,
               resume: bool = False, grid_per_class: int = 8, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              log=print) -> dict:
+              family_options: dict | None = None, log=print) -> dict:
     """Sample and score every (run, setting); write ``results.json``, ``results.md`` and the plots in ``out``.
 
     ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size.
+    ``family_options`` (``cfg_schedule``, ``steps``, ``order`` …) go to every model's sampler, checked against its
+    family first.
 
     ``results.json`` is rewritten after every setting, so an interrupted sweep keeps what it finished and
     ``resume=True`` skips settings already scored with the same options.
@@ -144,9 +149,10 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     models = {}
     for spec in runs:
         model = load_model(spec.ckpt)
-        fam = family_of(model.config.model_type)
+        fam = family_of(model).name
         if family is not None and fam != family:
             raise GFTError(f"{spec.ckpt} is a {fam!r} model, not {family!r} (--model)")
+        family_of(model).sampling_kwargs(**(family_options or {}))  # an option its family does not take fails now
         has_beta = getattr(model, "beta_embedder", None) is not None
         if spec.method == "gft" and not has_beta:
             raise GFTError(f"{spec.ckpt} has no β input (trained with the CFG objective): sweep it with --cfg")
@@ -164,8 +170,9 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
         reference = shapes_reference(extractor, n=ref_size, size=first_tok.image_size)
 
     out.mkdir(parents=True, exist_ok=True)
+    family_options = {k: v for k, v in (family_options or {}).items() if v is not None}
     options = {"n_per_class": n_per_class, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-               "extractor": extractor.fingerprint, "reference": reference.description}
+               **family_options, "extractor": extractor.fingerprint, "reference": reference.description}
     results_path = out / "results.json"
     previous = []
     if resume and results_path.is_file():
@@ -200,8 +207,9 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
             if (spec.name, digest, setting) in done:
                 rows.append(done[(spec.name, digest, setting)])
                 continue
-            images, nfe, seconds = sample_setting(model, tokenizer, spec.method, value, labels, batch_size, seed,
-                                                  temperature=temperature, top_k=top_k, top_p=top_p)
+            images, stats, seconds = sample_setting(model, tokenizer, spec.method, value, labels, batch_size, seed,
+                                                    family_options, temperature=temperature, top_k=top_k, top_p=top_p)
+            nfe = stats.nfe_per_image
             if samples_dir is not None:
                 path = Path(samples_dir) / spec.name / f"{spec.method}_{value:g}.npz"
                 with atomic_file(path) as fh:
@@ -211,7 +219,7 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
             metrics = evaluate_images(images, labels.numpy(), extractor, reference, seed=seed)
             row = {"run": spec.name, "ckpt": spec.ckpt, "ckpt_sha256": digest, "method": spec.method, "setting": setting, "value": value,
                    "w_equiv": guidance_equivalent(spec.method, value), "nfe_per_image": nfe,
-                   "s_per_image": seconds / len(labels), **metrics}
+                   "head_evals_per_image": stats.head_evals_per_image, "s_per_image": seconds / len(labels), **metrics}
             rows.append(row)
             save()
             log(f"{spec.name:>14s} {setting:>7s}: FID {row['fid']:.3f}  IS {row['is']:.3f}  "
@@ -219,7 +227,7 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
                 f"NFE/img {nfe:g}  ({seconds:.0f}s)")
         best = min((r for r in rows if r["run"] == spec.name), key=lambda r: r["fid"])
         _save_best_grid(out / f"best_{spec.name}.png", model, tokenizer, spec, best, num_classes, seed,
-                        grid_per_class, temperature=temperature, top_k=top_k, top_p=top_p)
+                        grid_per_class, family_options, temperature=temperature, top_k=top_k, top_p=top_p)
 
     result = {**meta, "rows": rows, "comparison": comparison(rows)}
     _save_json(results_path, result)
@@ -229,9 +237,10 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
 
 
 def _save_best_grid(path: Path, model, tokenizer, spec: RunSpec, row: dict, num_classes: int, seed: int,
-                    per_class: int, **sampling) -> None:
+                    per_class: int, family_options: dict | None = None, **sampling) -> None:
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], labels, 250, seed + 1, **sampling)
+    images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], labels, 250, seed + 1, family_options,
+                                  **sampling)
     names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) else str(c) for c in range(num_classes)]
     panel = grid(images, nrow=per_class, scale=3)
     fig = labelled_panels([panel], [f"{spec.name} {row['setting']} (FID {row['fid']:.2f})"], names,
@@ -298,7 +307,7 @@ def markdown_report(result: dict) -> str:
         f"top-p {o['top_p']:g}, seed {o['seed']}. Features: `{o['extractor']}`; reference: "
         f"{o['reference'].get('n')} images of `{o['reference'].get('source')}`. Precision/recall: k-NN manifolds, "
         f"k = 3, on equal-sized sets. NFE / image = network evaluations per image, counted while sampling "
-        f"(rows through the output head ÷ images). ms / image: wall time of sampling on a shared CPU (noisy).",
+        f"(transformer rows ÷ images, as the sampler counts them; CFG counts both halves). ms / image: wall time of sampling on a shared CPU (noisy).",
         "",
         "## Best FID per model",
         "",

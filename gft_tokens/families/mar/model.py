@@ -1,12 +1,12 @@
 """MAR over continuous tokens (KL-autoencoder latents) with a per-token diffusion head, and a β input for GFT.
 
-The transformer is the masked family's (:mod:`gft_tokens.models.masked`: the same blocks, learned/sin-cos
+The transformer is the masked family's (:mod:`gft_tokens.families.masked.model`: the same blocks, learned/sin-cos
 positions, buffer holding the condition, MAE-style encoder over known tokens only, decoder with a ``[MASK]``
 vector at masked positions, MAR's training masks) with MAR's continuous-token ends:
 
 * token input: ``z_proj``, a Linear projection of each latent vector (C channels) — not an embedding table;
 * output: the decoder states plus ``diffusion_pos_embed`` give one condition vector z per token for the diffusion
-  head (:mod:`gft_tokens.models.diffloss`), which models p(x | z) with a small denoising MLP.
+  head (:mod:`gft_tokens.families.mar.diffloss`), which models p(x | z) with a small denoising MLP.
 
 Conditioning is the masked family's: the class embedding (null class = row ``num_classes``, MAR's
 ``fake_latent``) plus, for GFT, a zero-initialised β embedding — so a CFG model and the same weights with a fresh β
@@ -23,13 +23,14 @@ import torch
 import torch.nn as nn
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
-from ..errors import GFTError
-from ..io import GFTPreTrainedModel
-from ..nn import Embedding, Linear
-from .diffloss import DiffusionHead, DiffusionInputs
-from .masked import PRESETS as MASKED_PRESETS
-from .masked import Block, MaskedConfig, PositionEmbedding, check_mask, encode_decode, gather_positions
+from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
+from ...errors import GFTError
+from ...pretrained import GFTPreTrainedModel
+from ...nn import Embedding, Linear
+from ...objectives import DiffusionInputs
+from .diffloss import DiffusionHead
+from ..masked.model import PRESETS as MASKED_PRESETS
+from ..masked.model import Block, MaskedConfig, PositionEmbedding, check_mask, encode_decode, gather_positions
 
 # The masked family's transformer sizes with MAR's DiffLoss (depth d, width w): README evaluation settings for
 # MAR-B/L/H (and MAR's diffusion_batch_mul 4); small heads for the CPU sizes, which also draw 2 (t, ε) per token
@@ -185,7 +186,7 @@ class MARModel(ClassConditional, GFTPreTrainedModel):
 
     def diffusion_inputs(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
                          mask: torch.Tensor) -> DiffusionInputs:
-        """What the ε objectives take (:mod:`gft_tokens.models.diffloss`): z (B, N, D) and the head."""
+        """What the ε objectives take (:mod:`gft_tokens.families.mar.diffloss`): z (B, N, D) and the head."""
         return DiffusionInputs(self(latents, cond, beta, mask=mask), self.diffloss)
 
     def z_at(self, latents: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,

@@ -37,12 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
-from ..errors import GFTError
-from ..io import GFTPreTrainedModel
-from ..nn import Embedding, Linear, OutputHead
-from ..objectives import HeadInputs
-from ..tokenizers.vq import check_codes
+from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
+from ...errors import GFTError
+from ...pretrained import GFTPreTrainedModel
+from ...nn import Embedding, Linear, OutputHead
+from ...objectives import HeadInputs
+from ...tokenizers.vq import check_codes
 
 # CPU sizes, trained for minutes: sin-cos positions, no dropout, and a wider mask-ratio draw than MAR's (normal
 # of mean 1, std 0.5, truncated to [0.3, 1]; MAR: std 0.25 on [0.7, 1]). Sampling fixes the last tokens with most of
