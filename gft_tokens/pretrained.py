@@ -53,9 +53,35 @@ def _base_config_keys() -> frozenset[str]:
                                                       "dtype", "torch_dtype", "_name_or_path"}
 
 
+def preset_config(config_class: type[PretrainedConfig], presets: dict, preset: str, label: str, overrides: dict,
+                  strict: bool = False) -> PretrainedConfig:
+    """``config_class`` from ``presets[preset]`` plus ``overrides``; an unknown preset is refused with a did-you-mean
+    naming the ``label`` (e.g. "LlamaGen preset"). ``strict`` also refuses override keys the class does not take."""
+    if preset not in presets:
+        close = difflib.get_close_matches(preset, presets, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise GFTError(f"unknown {label} {preset!r}{hint}; known: {', '.join(presets)}")
+    values = {**presets[preset], "preset": preset, **overrides}
+    if strict:
+        return build_config(config_class, values, f"{preset} overrides")
+    return config_class(**values)
+
+
+def config_keys(config_class: type[PretrainedConfig]) -> set[str]:
+    """The keyword arguments ``config_class`` takes: its constructor's and those of its bases up to
+    ``PretrainedConfig`` (a config may extend another family's)."""
+    known = set()
+    for cls in config_class.__mro__:
+        if cls is PretrainedConfig or not issubclass(cls, PretrainedConfig):
+            break
+        if "__init__" in cls.__dict__:
+            known |= {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")}
+    return known
+
+
 def build_config(config_class: type[PretrainedConfig], values: dict, where: str) -> PretrainedConfig:
     """Instantiate ``config_class`` from ``values`` refusing keys its constructor does not know."""
-    known = {p for p in inspect.signature(config_class.__init__).parameters if p not in ("self", "kwargs")}
+    known = config_keys(config_class)
     ignored = _base_config_keys()  # keys PretrainedConfig itself writes into config.json
     for key in values:
         if key not in known and key not in ignored:

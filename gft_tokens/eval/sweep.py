@@ -30,6 +30,7 @@ from ..tokenizers import load_tokenizer
 from ..viz import grid, labelled_panels, png_bytes, to_uint8
 from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, shapes_reference
 from .features import FeatureExtractor
+from .spread import DEFAULT_BOOTSTRAP, bootstrap_spread, verdict
 
 DEFAULT_BETAS = (1.0, 0.8, 0.66, 0.5, 0.4, 0.33, 0.25)
 DEFAULT_CFG_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -121,12 +122,13 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
               ref_size: int = DEFAULT_REF_SIZE, family: str | None = None, betas=DEFAULT_BETAS, cfg_scales=DEFAULT_CFG_SCALES, n_per_class: int = 100,
               batch_size: int = 250, seed: int = 0, samples_dir: Path | None = None, floors: bool = True,
               resume: bool = False, grid_per_class: int = 8, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              family_options: dict | None = None, log=print) -> dict:
+              family_options: dict | None = None, bootstrap: int = DEFAULT_BOOTSTRAP, log=print) -> dict:
     """Sample and score every (run, setting); write ``results.json``, ``results.md`` and the plots in ``out``.
 
     ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size.
     ``family_options`` (``cfg_schedule``, ``steps``, ``order`` …) go to every model's sampler, checked against its
-    family first.
+    family first. ``bootstrap`` resamples of each setting's samples give ``fid_std`` and ``class_accuracy_std``
+    (0: no spreads); the GFT-vs-CFG comparison calls a difference a win or a loss only outside them.
 
     ``results.json`` is rewritten after every setting, so an interrupted sweep keeps what it finished and
     ``resume=True`` skips settings already scored with the same options.
@@ -172,7 +174,8 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     out.mkdir(parents=True, exist_ok=True)
     family_options = {k: v for k, v in (family_options or {}).items() if v is not None}
     options = {"n_per_class": n_per_class, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-               **family_options, "extractor": extractor.fingerprint, "reference": reference.description}
+               **family_options, "bootstrap": bootstrap, "extractor": extractor.fingerprint,
+               "reference": reference.description}
     results_path = out / "results.json"
     previous = []
     if resume and results_path.is_file():
@@ -217,6 +220,9 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
                                         beta=np.float32(value if spec.method == "gft" else np.nan),
                                         cfg_scale=np.float32(value if spec.method == "cfg" else np.nan))
             metrics = evaluate_images(images, labels.numpy(), extractor, reference, seed=seed)
+            if bootstrap:
+                spread = bootstrap_spread(images, labels.numpy(), extractor, reference, bootstrap, seed)
+                metrics.update(fid_std=spread["fid_std"], class_accuracy_std=spread["class_accuracy_std"])
             row = {"run": spec.name, "ckpt": spec.ckpt, "ckpt_sha256": digest, "method": spec.method, "setting": setting, "value": value,
                    "w_equiv": guidance_equivalent(spec.method, value), "nfe_per_image": nfe,
                    "head_evals_per_image": stats.head_evals_per_image, "s_per_image": seconds / len(labels), **metrics}
@@ -256,11 +262,19 @@ def _f(v, digits=3, pct=False) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.{digits}f}"
 
 
+def _pm(v, std, digits=3, pct=False) -> str:
+    """``v ± std`` (std omitted when unknown)."""
+    if std is None or v is None:
+        return _f(v, digits, pct)
+    return f"{_f(v, digits, pct)} ± {_f(std, digits, pct)}"
+
+
 def _row_md(r: dict) -> str:
     nfe = "–" if r["method"] == "reference" else f"{r['nfe_per_image']:g}"
     spi = "–" if r.get("s_per_image") is None else f"{1000 * r['s_per_image']:.1f}"
-    return (f"| {r['run']} | {r['setting'] or '–'} | {_f(r['fid'])} | {_f(r['is'])} | {_f(r['precision'])} | "
-            f"{_f(r['recall'])} | {_f(r['class_accuracy'], pct=True)} | {nfe} | {spi} |")
+    return (f"| {r['run']} | {r['setting'] or '–'} | {_pm(r['fid'], r.get('fid_std'), 2)} | {_f(r['is'])} | "
+            f"{_f(r['precision'])} | {_f(r['recall'])} | "
+            f"{_pm(r['class_accuracy'], r.get('class_accuracy_std'), pct=True)} | {nfe} | {spi} |")
 
 
 HEADER = ("| model | setting | FID ↓ | IS ↑ | precision ↑ | recall ↑ | class acc. % ↑ | NFE / image | ms / image |\n"
@@ -285,7 +299,11 @@ def comparison(rows: list[dict], fid_ratio: float = 1.05, acc_points: float = 1.
     for b in best.values():
         if b["method"] != "gft":
             continue
+        acc_std = [r.get("class_accuracy_std") for r in (b, cfg)]
         checks.append({
+            "fid_verdict": verdict(b["fid"], b.get("fid_std"), cfg["fid"], cfg.get("fid_std")),
+            "acc_verdict": verdict(b["class_accuracy"], acc_std[0], cfg["class_accuracy"], acc_std[1],
+                                   lower_is_better=False) if b["class_accuracy"] is not None else "tie",
             "run": b["run"], "cfg_run": cfg["run"], "fid_ratio": b["fid"] / cfg["fid"] if cfg["fid"] > 0 else math.inf,
             "fid_ok": b["fid"] <= fid_ratio * cfg["fid"],
             "acc_diff_points": 100 * (b["class_accuracy"] - cfg["class_accuracy"]),
@@ -304,7 +322,8 @@ def markdown_report(result: dict) -> str:
         "# Guidance sweep",
         "",
         f"{n} samples per class per setting, sampling temperature {o['temperature']:g}, top-k {o['top_k']}, "
-        f"top-p {o['top_p']:g}, seed {o['seed']}. Features: `{o['extractor']}`; reference: "
+        f"top-p {o['top_p']:g}, seed {o['seed']}. FID and accuracy ± one standard deviation over "
+        f"{o.get('bootstrap', 0)} bootstrap resamples of the samples (reference fixed). Features: `{o['extractor']}`; reference: "
         f"{o['reference'].get('n')} images of `{o['reference'].get('source')}`. Precision/recall: k-NN manifolds, "
         f"k = 3, on equal-sized sets. NFE / image = network evaluations per image, counted while sampling "
         f"(transformer rows ÷ images, as the sampler counts them; CFG counts both halves). ms / image: wall time of sampling on a shared CPU (noisy).",
@@ -319,12 +338,15 @@ def markdown_report(result: dict) -> str:
     checks = comparison(rows)
     if checks:
         lines += ["## GFT vs CFG at their best FID", "",
-                  "| GFT model | FID / CFG FID (goal ≤ 1.05) | class acc. − CFG (points, goal ≥ −1) | NFE / CFG NFE (goal ≤ 0.5) |",
-                  "|---|---|---|---|"]
+                  "Verdicts count a difference only beyond 2 standard deviations of it (bootstrap spreads).", "",
+                  "| GFT model | FID / CFG FID (goal ≤ 1.05) | FID verdict | class acc. − CFG (points, goal ≥ −1) | "
+                  "accuracy verdict | NFE / CFG NFE (goal ≤ 0.5) |",
+                  "|---|---|---|---|---|---|"]
         for c in checks:
             mark = lambda ok: "✅" if ok else "❌"  # noqa: E731
-            lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} {mark(c['fid_ok'])} | "
-                         f"{c['acc_diff_points']:+.1f} {mark(c['acc_ok'])} | {c['nfe_ratio']:.2f} {mark(c['nfe_ok'])} |")
+            lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} {mark(c['fid_ok'])} | {c['fid_verdict']} | "
+                         f"{c['acc_diff_points']:+.1f} {mark(c['acc_ok'])} | {c['acc_verdict']} | "
+                         f"{c['nfe_ratio']:.2f} {mark(c['nfe_ok'])} |")
         lines.append("")
     # matched settings: one line per CFG-equivalent scale, every run side by side
     runs = list(dict.fromkeys(r["run"] for r in rows if r["method"] != "reference"))

@@ -12,7 +12,6 @@ into what the objective consumes: ``logits_fn(cond, beta)``, the targets and an 
 from __future__ import annotations
 
 import difflib
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ import torch
 from ..data.codes import check_codes_match
 from ..errors import GFTError
 from ..objectives import CROSS_ENTROPY, OBJECTIVES, GFTLossPlugin
+from ..pretrained import config_keys
 
 
 @dataclass
@@ -170,7 +170,7 @@ class Family:
         if preset is not None and preset not in self.presets:
             raise GFTError(f"unknown {self.name} preset {preset!r}{_hint(preset, self.presets)}; known: "
                            f"{', '.join(self.presets)}")
-        known = {p for p in inspect.signature(self.config_class.__init__).parameters if p not in ("self", "kwargs")}
+        known = config_keys(self.config_class)
         for key in overrides:
             if key in self.adapter.derived_keys:
                 raise GFTError(f"model option {key!r} is set from the tokenizer and the data; remove it from `model:`")
