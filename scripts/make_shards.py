@@ -10,15 +10,19 @@ names give the class ids). Folder images are shuffled before sharding, so every 
 --image-size the original files are stored as they are (after a check that they decode); with it they are
 centre-cropped and resized (as LlamaGen's preprocessing) and re-encoded as --format. The output directory gets
 000000.tar … and dataset.json (kind, classes, count); it appears only when complete. Unreadable images are
-skipped and counted.
+skipped and counted. Samples of the embedded data also get <key>.json, the sample's attributes
+(gft_tokens.data.shapes.describe: shape, colour name, size and position buckets, raw values); shard readers
+ignore it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from tqdm.auto import tqdm
 
+from gft_tokens.data.shapes import ShapesDataset
 from gft_tokens.data.shards import (
     center_crop,
     decode_image,
@@ -52,6 +56,8 @@ def main(argv=None):
 
     if args.source == "shapes" or args.image_size is not None:
         meta, items = labelled_images(args.source, count=args.count, seed=args.seed, shapes_size=args.image_size or 32)
+        # the embedded data's keys are the dataset indices: the same dataset gives each sample's attributes
+        shapes = ShapesDataset(length=args.count or 10000, seed=args.seed) if args.source == "shapes" else None
 
         def samples():
             for key, label, image in tqdm(items, desc="shard", total=args.count):
@@ -60,7 +66,10 @@ def main(argv=None):
                     continue
                 if args.image_size is not None and image.size != (args.image_size, args.image_size):
                     image = center_crop(image, args.image_size)
-                yield {"__key__": key, args.format: encode(image), "cls": str(label).encode()}
+                sample = {"__key__": key, args.format: encode(image), "cls": str(label).encode()}
+                if shapes is not None:
+                    sample["json"] = json.dumps(shapes.metadata(int(key)), sort_keys=True).encode()
+                yield sample
     else:  # keep the original files
         files, classes = image_folder_items(args.source, args.seed)
         files = files[: args.count] if args.count else files

@@ -152,7 +152,9 @@ def test_probe_fid_real_halves_small_and_corruption_large(probe, heldout_500):
     a, _ = extract_all(probe, images[:250])
     b, _ = extract_all(probe, images[250:])
     # the probe is trained to ignore a decoder's blur and grain, not wrong colours or a collapse of diversity
-    recoloured, _ = extract_all(probe, images[250:][:, [2, 0, 1]])
+    # (colours come from the whole wheel whatever the class, so a channel permutation stays in distribution;
+    # grey shapes do not)
+    recoloured, _ = extract_all(probe, images[250:].mean(1, keepdim=True).expand(-1, 3, -1, -1).contiguous())
     collapsed, _ = extract_all(probe, images[250:260].repeat(25, 1, 1, 1))
     assert M.fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
     same = M.fid_from_features(a, b)
@@ -231,6 +233,12 @@ def test_evaluate_reference_is_cached(samples_npz, tmp_path, monkeypatch):
     stamp = cached[0].stat().st_mtime_ns
     script_main("evaluate.py")(["--samples", str(samples_npz), "--ref-size", "40"])
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not recomputed
+    # other data (a new shapes.DATA_VERSION) never reuses it
+    from gft_tokens.data import shapes
+
+    monkeypatch.setattr(shapes, "DATA_VERSION", shapes.DATA_VERSION + 1)
+    script_main("evaluate.py")(["--samples", str(samples_npz), "--ref-size", "40"])
+    assert len(list((tmp_path / "cache" / "eval").glob("ref-*.safetensors"))) == 2
 
 
 def test_evaluate_subprocess_last_line_is_json(samples_npz):

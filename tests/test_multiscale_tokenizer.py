@@ -125,7 +125,7 @@ def test_shipped_multiscale_tokenizer():
     assert sum(p.stat().st_size for p in SHIPPED_MSVQ.iterdir()) <= 10 * 1024 * 1024
     tok = load_tokenizer(SHIPPED_MSVQ)
     x, _ = heldout(200).tensors()
-    assert psnr(tok.decode(tok.encode(x)), x) >= 26.0  # the shipped 500-step run: 26.9 dB on 500 held-out images
+    assert psnr(tok.decode(tok.encode(x)), x) >= 26.0  # the shipped 800-step run: 28.5 dB on 500 held-out images
     stats = evaluate_tokenizer(tok, x)
     assert stats["usage_per_scale"][-1] >= 0.3
 

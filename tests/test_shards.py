@@ -33,12 +33,18 @@ def test_make_shards_from_the_embedded_data(shapes_shards):
     files = expand_shards(str(shapes_shards / meta["pattern"]))
     assert [f.rsplit("/", 1)[1] for f in files] == ["000000.tar", "000001.tar", "000002.tar"]
     m = members(files[0])
-    assert len(m) == 40 and "00000000.png" in m and "00000000.cls" in m
+    assert len(m) == 60 and "00000000.png" in m and "00000000.cls" in m and "00000000.json" in m
     from gft_tokens.data import ShapesDataset
 
-    image, label = ShapesDataset(60, seed=0)[0]
+    ds = ShapesDataset(60, seed=0)
+    image, label = ds[0]
     assert int(m["00000000.cls"]) == label
     assert (to_tensor(decode_image(m["00000000.png"])) - image).abs().max() <= 1 / 127.5  # 8-bit PNG
+    # each sample's attributes ride along as <key>.json (the readers below and in training ignore the member)
+    for i in (0, 7, 19):
+        meta = json.loads(m[f"{i:08d}.json"])
+        assert meta == ds.metadata(i) and meta["label"] == int(m[f"{i:08d}.cls"])
+        assert {"shape", "colour", "size", "position", "raw"} <= meta.keys()
 
 
 def test_make_shards_from_an_image_folder_keeps_files_and_skips_unreadable(tmp_path, capsys):

@@ -3,7 +3,8 @@
 Images are encoded once (each image and its horizontal flip, as LlamaGen's code extraction does) and kept as
 ``codes (N, views, ...)`` int + ``labels (N,)`` (float latents for a continuous tokenizer). For the embedded
 shapes data the result is cached on disk, keyed
-by the tokenizer's weights and the dataset parameters, so a second run starts at once.
+by the data's fingerprint (which changes with ``shapes.DATA_VERSION`` and the rendering), the tokenizer's weights
+and the dataset parameters, so a second run starts at once and a cache of other data is never reused.
 
 Batches are a pure function of ``(seed, step, micro_step, rank)``: resuming at an optimizer step replays exactly
 the batches an uninterrupted run would have seen, with no iterator state to save.

@@ -2,8 +2,9 @@
 
 A shard is a tar file of samples, one sample per key: ``<key>.cls`` (the class id as text) plus either an image
 (``<key>.png`` / ``.jpg`` / ``.jpeg`` / ``.webp``) or tokenizer codes (``<key>.codes.npy``, int array of shape
-(views, *token_shape), written by ``scripts/extract_codes.py``). ``dataset.json`` beside the shards records the
-kind, the number of classes and, for codes, the tokenizer that produced them.
+(views, *token_shape), written by ``scripts/extract_codes.py``). Other members (e.g. ``<key>.json``, the
+attributes ``make_shards.py`` stores for the embedded data) are ignored by the readers. ``dataset.json`` beside the
+shards records the kind, the number of classes and, for codes, the tokenizer that produced them.
 
 Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
 (``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass

@@ -3,7 +3,7 @@
 The reference is the held-out split of the embedded shapes data (:func:`shapes_reference`) or any set of real
 images in an ``.npz`` (:func:`images_reference`). Its features are computed once per extractor and cached in
 ``$GFT_TOKENS_CACHE/eval`` (default ``~/.cache/gft_tokens/eval``), keyed by the extractor's fingerprint and the
-data's parameters (or the file's hash).
+data's fingerprint and parameters (or the file's hash).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from safetensors.numpy import load_file, save
 
 from ..data.codes import cache_dir
 from ..data.shapes import SUPPORTED_SIZES, heldout
+from ..data.shapes import fingerprint as data_fingerprint
 from ..errors import GFTError
 from ..fs import atomic_file
 from . import metrics as M
@@ -66,7 +67,7 @@ def shapes_reference(extractor: FeatureExtractor, n: int = DEFAULT_REF_SIZE, siz
         raise GFTError(f"the embedded shapes data comes in sizes {SUPPORTED_SIZES}, not {size}")
     if n < 2:
         raise GFTError(f"the reference set needs at least 2 images, got {n}")
-    key = f"shapes-heldout-n{n}-s{size}-{extractor.fingerprint}-v{REFERENCE_VERSION}"
+    key = f"shapes-{data_fingerprint(size)}-heldout-n{n}-s{size}-{extractor.fingerprint}-v{REFERENCE_VERSION}"
 
     def compute():
         ds = heldout(n, size=size)
