@@ -8,6 +8,7 @@ see empty partitions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -237,3 +238,18 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module | None):
+    """Temporarily put ``module`` in eval mode (dropout off), restoring each sub-module's own flag afterwards."""
+    if module is None:
+        yield
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag

@@ -20,11 +20,15 @@ one forward pass — and corresponds to CFG scale w = 1/β (``u + w·(c − u)``
 
 CFG: the same network trained on ``CE(ℓ(x | c'), x)`` where c' is c with probability 0.9 and the null condition
 otherwise; sampling mixes a conditional and an unconditional pass.
+
+The skeleton — β draw, condition drop, the null branch in eval mode without gradient — is written once
+(:func:`gft_loss`, :func:`cfg_loss`). What is mixed and how the mixture is scored is a *loss plug-in*:
+:data:`CROSS_ENTROPY` (discrete tokens: naive or fused chunked CE on mixed logits) or :data:`EPS_MSE` (MAR's
+continuous tokens: the diffusion head's ε predictions mixed the same way, ‖ε_c − ε‖²).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -33,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import GFTError
-from .nn import OutputHead
+from .nn import OutputHead, eval_mode
 
 
 @dataclass
@@ -60,21 +64,6 @@ class ObjectiveOutput:
     cond_loss: torch.Tensor  # CE of the network's own logits (ℓ_s for GFT), detached, NaN if not asked for
     beta: torch.Tensor  # (B,) mixing weights (all ones for CFG)
     dropped: torch.Tensor  # (B,) bool, rows trained at the null condition
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module | None):
-    """Temporarily put ``module`` in eval mode (dropout off), restoring each sub-module's own flag afterwards."""
-    if module is None:
-        yield
-        return
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def drop_condition(cond: torch.Tensor, null_cond, drop: torch.Tensor) -> torch.Tensor:
@@ -132,21 +121,92 @@ def fused_mixed_cross_entropy(head_s: HeadInputs, head_u: HeadInputs | None, bet
                        want_own=want_own, **head_kwargs)
 
 
-def _cross_entropy(out_s, out_u, beta, targets, mask, chunk_rows, want_own):
-    if isinstance(out_s, HeadInputs):
-        if out_u is not None and not isinstance(out_u, HeadInputs):
-            raise TypeError("both branches must return HeadInputs or both logits")
-        return fused_mixed_cross_entropy(out_s, out_u, beta, targets, mask, chunk_rows, want_own)
-    if isinstance(out_u, HeadInputs):
-        out_u = out_u.logits()
-    return mixed_cross_entropy(out_s, out_u, beta, targets, mask)
+class GFTLossPlugin:
+    """How the GFT/CFG skeleton scores one batch: ``plugin(out_s, out_u, beta, targets, mask, ...)``.
+
+    ``out_s`` is the differentiable branch's output, ``out_u`` the unconditional branch's (computed without
+    gradient in eval mode) or None for the CFG baseline (no mixing). Returns ``(loss, own)``: the loss of the mix
+    and the loss of the network's own output alone (detached; NaN when not ``want_own``).
+    """
+
+    name = ""
+
+    def check_targets(self, targets: torch.Tensor, mask: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def __call__(self, out_s, out_u, beta, targets, mask, *, generator=None, module=None, chunk_rows=None,
+                 want_own=True) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
 
-def _check_targets(targets: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if targets.ndim != 2:
-        raise GFTError(f"targets must have shape (B, N), got {tuple(targets.shape)}")
-    if mask is not None and mask.shape != targets.shape:
-        raise GFTError(f"loss mask shape {tuple(mask.shape)} does not match targets {tuple(targets.shape)}")
+class CrossEntropyPlugin(GFTLossPlugin):
+    """Discrete tokens: CE of ``β·ℓ_s + (1 − β)·sg(ℓ_u)`` — fused and chunked when the family returns
+    :class:`HeadInputs`, on full logits otherwise."""
+
+    name = "cross-entropy"
+
+    def check_targets(self, targets, mask):
+        if targets.ndim != 2:
+            raise GFTError(f"targets must have shape (B, N), got {tuple(targets.shape)}")
+        if mask is not None and mask.shape != targets.shape:
+            raise GFTError(f"loss mask shape {tuple(mask.shape)} does not match targets {tuple(targets.shape)}")
+
+    def __call__(self, out_s, out_u, beta, targets, mask, *, generator=None, module=None, chunk_rows=None,
+                 want_own=True):
+        if isinstance(out_s, HeadInputs):
+            if out_u is not None and not isinstance(out_u, HeadInputs):
+                raise TypeError("both branches must return HeadInputs or both logits")
+            return fused_mixed_cross_entropy(out_s, out_u, beta, targets, mask, chunk_rows, want_own)
+        if isinstance(out_u, HeadInputs):
+            out_u = out_u.logits()
+        return mixed_cross_entropy(out_s, out_u, beta, targets, mask)
+
+
+@dataclass
+class DiffusionInputs:
+    """What a continuous model's ``z_fn(cond, beta)`` returns: per-token conditions z (B, N, D) and its diffusion
+    head — any module ``head(x_t, t, z) -> ε`` with ``batch_mul`` and a ``train_diffusion`` (``num_timesteps``,
+    ``q_sample``), e.g. :class:`gft_tokens.families.mar.diffloss.DiffusionHead`."""
+
+    z: torch.Tensor
+    head: nn.Module
+
+
+class EpsMSEPlugin(GFTLossPlugin):
+    """Continuous tokens (MAR): one (t, ε, x_t) per masked token, repeated ``batch_mul`` times and shared by both
+    branches; ε_c = β·ε_s + (1 − β)·sg(ε_u) scored by ‖ε_c − ε‖² over the positions of the mask."""
+
+    name = "eps-mse"
+
+    def check_targets(self, targets, mask):
+        if targets.ndim != 3 or not targets.is_floating_point():
+            raise GFTError(f"targets must be float latents (B, N, C), got {tuple(targets.shape)} {targets.dtype}")
+        if mask is not None and mask.shape != targets.shape[:2]:
+            raise GFTError(f"loss mask shape {tuple(mask.shape)} does not match targets {tuple(targets.shape[:2])}")
+
+    def __call__(self, out_s, out_u, beta, targets, mask, *, generator=None, module=None, chunk_rows=None,
+                 want_own=True):
+        if mask is None:
+            mask = torch.ones(targets.shape[:2], dtype=torch.bool, device=targets.device)
+        head, mul = out_s.head, out_s.head.batch_mul
+        x0 = targets[mask].float().repeat(mul, 1)
+        t = torch.randint(head.train_diffusion.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = head.train_diffusion.q_sample(x0, t, noise)
+        eps_s = head(x_t, t, out_s.z[mask].repeat(mul, 1))
+        if out_u is None:
+            loss = (eps_s - noise).pow(2).mean()
+            return loss, loss.detach()
+        with torch.no_grad(), eval_mode(module):
+            eps_u = out_u.head(x_t, t, out_u.z[mask].repeat(mul, 1))
+        b = beta[:, None, None].expand(-1, targets.shape[1], 1)[mask].repeat(mul, 1)  # (R, 1)
+        loss = (b * eps_s + (1.0 - b) * eps_u.detach() - noise).pow(2).mean()
+        own = (eps_s.detach() - noise).pow(2).mean() if want_own else torch.tensor(float("nan"))
+        return loss, own
+
+
+CROSS_ENTROPY = CrossEntropyPlugin()
+EPS_MSE = EpsMSEPlugin()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,21 +216,23 @@ def gft_loss(logits_fn: LogitsFn, targets: torch.Tensor, cond: torch.Tensor, *, 
              module: nn.Module | None = None, drop_prob: float = 0.1, beta: torch.Tensor | None = None,
              drop: torch.Tensor | None = None, generator: torch.Generator | None = None,
              loss_mask: torch.Tensor | None = None, chunk_rows: int | None = None,
-             want_own: bool = True) -> ObjectiveOutput:
+             want_own: bool = True, loss: GFTLossPlugin = CROSS_ENTROPY) -> ObjectiveOutput:
     """Guidance-Free Training loss for one batch.
 
     Args:
-        logits_fn: ``(cond, beta) -> logits (B, N, V) | HeadInputs`` for this batch's targets (teacher forcing).
-        targets: (B, N) target codes.
+        logits_fn: ``(cond, beta) -> logits (B, N, V) | HeadInputs | DiffusionInputs`` for this batch's targets
+            (teacher forcing).
+        targets: (B, N) target codes, or (B, N, C) latents for :data:`EPS_MSE`.
         cond: (B, ...) conditions (class ids); ``null_cond`` is the null condition (e.g. ``num_classes``).
         module: the network behind ``logits_fn``; put in eval mode for the unconditional branch.
         drop_prob: probability of training a row at the null condition.
         beta: (B,) β values; drawn U(0, 1) when None. ``drop``: (B,) bool; drawn when None.
         loss_mask: (B, N) bool, positions that count (masked models); all when None.
-        want_own: also report the CE of the network's own logits (``cond_loss``); with :class:`HeadInputs` that
-            costs one extra output projection, so the training loop asks for it on logging steps only.
+        want_own: also report the loss of the network's own output (``cond_loss``); with :class:`HeadInputs`
+            that costs one extra output projection, so the training loop asks for it on logging steps only.
+        loss: the plug-in that mixes and scores the two branches (:data:`CROSS_ENTROPY`, :data:`EPS_MSE`).
     """
-    _check_targets(targets, loss_mask)
+    loss.check_targets(targets, loss_mask)
     bsz, device = targets.shape[0], targets.device
     if beta is None:
         beta = torch.rand(bsz, generator=generator, device=device)
@@ -183,22 +245,24 @@ def gft_loss(logits_fn: LogitsFn, targets: torch.Tensor, cond: torch.Tensor, *, 
     with torch.no_grad(), eval_mode(module):
         out_u = logits_fn(_null_batch(cond, null_cond), torch.ones_like(beta))
     out_s = logits_fn(cond_in, beta_in)
-    loss, own = _cross_entropy(out_s, out_u, beta, targets, loss_mask, chunk_rows, want_own)
-    return ObjectiveOutput(loss, own.detach(), beta, drop)
+    value, own = loss(out_s, out_u, beta, targets, loss_mask, generator=generator, module=module,
+                      chunk_rows=chunk_rows, want_own=want_own)
+    return ObjectiveOutput(value, own.detach(), beta, drop)
 
 
 def cfg_loss(logits_fn: LogitsFn, targets: torch.Tensor, cond: torch.Tensor, *, null_cond,
              drop_prob: float = 0.1, drop: torch.Tensor | None = None, generator: torch.Generator | None = None,
              loss_mask: torch.Tensor | None = None, chunk_rows: int | None = None, want_own: bool = True,
-             **_unused) -> ObjectiveOutput:
+             loss: GFTLossPlugin = CROSS_ENTROPY, **_unused) -> ObjectiveOutput:
     """The CFG baseline: conditional maximum likelihood with label dropout (β is not an input: ``beta=None``)."""
-    _check_targets(targets, loss_mask)
+    loss.check_targets(targets, loss_mask)
     bsz, device = targets.shape[0], targets.device
     if drop is None:
         drop = torch.rand(bsz, generator=generator, device=device) < drop_prob
     out = logits_fn(drop_condition(cond, null_cond, drop.to(device)), None)
-    loss, own = _cross_entropy(out, None, None, targets, loss_mask, chunk_rows, want_own)
-    return ObjectiveOutput(loss, own.detach(), torch.ones(bsz, device=device), drop)
+    value, own = loss(out, None, None, targets, loss_mask, generator=generator, chunk_rows=chunk_rows,
+                      want_own=want_own)
+    return ObjectiveOutput(value, own.detach(), torch.ones(bsz, device=device), drop)
 
 
 OBJECTIVES = {"gft": gft_loss, "cfg": cfg_loss}

@@ -1,229 +1,143 @@
 #!/usr/bin/env python
-"""Sampling throughput: GFT (one pass per token) vs CFG (two passes), and KV cache vs full recompute.
+"""Sampling throughput of any family: GFT (one pass per step) vs CFG (two), and KV cache vs full recompute.
 
-Same random weights, same batch of labels, same static cache implementation; measured at a tiny vocabulary (1024)
-and at LlamaGen's real one (16384) on a 16x16 token grid. GFT's advantage is in compute: when a decode step is
-bound by reading the weights (a large model at a small batch) the CFG pass's second half of the batch comes almost
-free, so the default batch is large enough for the step to be compute-bound. Prints a table and, with --json, one JSON object as the
-last line: ``gft_vs_cfg_speedup`` and ``kv_vs_recompute_speedup`` hold the vocab-16384 figures, ``..._v1024`` the
-small ones.
+Same random weights, same batch of labels; each family's defaults (preset, batch, vocabularies) come from its
+registry record (``Family.bench``); options left at their defaults take those. GFT's advantage is in compute:
+when a decode step is bound by reading the weights (a large model at a small batch) the CFG pass's second half of
+the batch comes almost free, so the default batch is large enough for the step to be compute-bound. GFT and CFG
+runs are interleaved so that both see the same machine load; each figure is the median of ``--repeats`` runs.
+Prints a table and, with --json, one JSON object as the last line: ``gft_vs_cfg_speedup`` and
+``kv_vs_recompute_speedup`` hold the figures at the family's main vocabulary (16384 for LlamaGen), ``..._v<V>``
+the others; the sampler's own count of network evaluations per image is reported for both modes.
 
-    python scripts/bench_sampling.py --json
-    python scripts/bench_sampling.py --quick --json      # < 60 s on a 2-core CPU
-    python scripts/bench_sampling.py --model masked --json   # masked model: GFT vs CFG per decoding step, no cache
-    python scripts/bench_sampling.py --model var --json      # VAR: scale-wise sampling (see bench_var)
+    python scripts/bench_sampling.py --json                  # LlamaGen GPT-small
+    python scripts/bench_sampling.py --quick --json          # < 60 s on a 2-core CPU
+    python scripts/bench_sampling.py --model masked --json   # per decoding step (no cache), random + confidence order
+    python scripts/bench_sampling.py --model var --json      # scale-wise sampling on VAR's 1..16 scales
+    python scripts/bench_sampling.py --model mar --json      # continuous tokens, diffusion head
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 import torch
 
 from gft_tokens.errors import GFTError, cli_main
-from gft_tokens.models import FAMILIES, build_model
-from gft_tokens.sampling import sample_codes
+from gft_tokens.families import FAMILIES, get_family
+from gft_tokens.families.options import family_options
+from gft_tokens.sampling import SamplingStats
 
 
-def timed(fn, repeats: int, warmup: bool = True) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up run unless ``warmup`` is False)."""
+def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Median wall time of each ``runs[name]()``, the runs interleaved ``repeats`` times (after one warm-up each)."""
     if warmup:
-        fn()
-    times = []
+        for fn in runs.values():
+            fn()
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def bench_one(family: str, preset: str, vocab: int, grid: int, batch: int, recompute_batch: int, repeats: int,
-              device: str, dtype: torch.dtype, warmup: bool = True) -> dict:
-    torch.manual_seed(0)
-    model = build_model(family, preset, vocab_size=vocab, grid_size=grid, num_classes=1000).to(device, dtype).eval()
-    torch.nn.init.normal_(model.output.weight, std=0.02)  # a trained-looking head (the fresh one is all zeros)
+def bench_vocab(family, model, batch: int, recompute_batch: int, repeats: int, device: str, warmup: bool,
+                cfg_scale: float) -> dict:
+    spec = family.bench
     labels = torch.arange(batch, device=device) % 1000
-
-    def run(n, **kw):
-        return lambda: sample_codes(model, labels[:n], generator=None, **kw)
-
-    if not warmup:  # one small run still pays the one-time costs (allocator, kernels) before anything is timed
-        run(2, beta=0.5)()
-        run(2, cfg_scale=2.0)()
-
-    t_gft = timed(run(batch, beta=0.5), repeats, warmup)
-    t_cfg = timed(run(batch, cfg_scale=2.0), repeats, warmup)
-    t_kv = timed(run(recompute_batch, beta=0.5), repeats, warmup)
-    t_re = timed(run(recompute_batch, beta=0.5, use_cache=False), 1, warmup=False)
-    return {
-        "vocab": vocab,
-        "gft_images_per_s": batch / t_gft,
-        "cfg_images_per_s": batch / t_cfg,
-        "gft_vs_cfg_speedup": t_cfg / t_gft,
-        "kv_images_per_s": recompute_batch / t_kv,
-        "recompute_images_per_s": recompute_batch / t_re,
-        "kv_vs_recompute_speedup": t_re / t_kv,
-    }
-
-
-MASKED_BATCH = 32  # --model masked defaults
-MASKED_REPEATS = 3
-
-
-def bench_masked(args, preset: str) -> dict:
-    """The masked family: GFT (B rows per step) vs CFG (2B rows per step), same weights, same decoding steps.
-
-    A bidirectional model recomputes every position at every step (its encoder sees the buffer + known tokens, its
-    decoder every position), so there is no KV cache and no cache-vs-recompute figure; both random-order (MAR, the
-    sampler's default: keys without suffix) and confidence-order (MaskGIT: keys ``*_confidence``) decoding are timed.
-    """
-    out = {"model": "masked", "preset": preset, "grid": args.grid, "tokens": args.grid * args.grid,
-           "steps": args.steps, "batch": args.batch, "device": args.device, "dtype": args.dtype,
-           "torch_threads": torch.get_num_threads(),
-           "kv_cache": "none: a bidirectional model recomputes all positions every step"}
-    main_vocab = 16384 if 16384 in args.vocabs else max(args.vocabs)
-    for vocab in args.vocabs:
-        torch.manual_seed(0)
-        model = build_model("masked", preset, vocab_size=vocab, grid_size=args.grid, num_classes=1000)
-        model = model.to(args.device, getattr(torch, args.dtype)).eval()
-        torch.nn.init.normal_(model.output.weight, std=0.02)  # a trained-looking head (the fresh one is all zeros)
-        labels = torch.arange(args.batch, device=args.device) % 1000
-        suffix = "" if vocab == main_vocab else f"_v{vocab}"
-        for order in ("random", "confidence"):
-            runs = {mode: (lambda kw=kw: sample_codes(model, labels, steps=args.steps, order=order, **kw))
-                    for mode, kw in (("gft", dict(beta=0.5)), ("cfg", dict(cfg_scale=2.0)))}
-            times = {mode: [] for mode in runs}
-            for mode in runs:  # warm-up
-                runs[mode]()
-            for _ in range(args.repeats):  # interleaved, so both see the same machine load
-                for mode, fn in runs.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[mode].append(time.perf_counter() - t0)
-            t_gft, t_cfg = (sorted(times[m])[len(times[m]) // 2] for m in ("gft", "cfg"))
-            key = suffix if order == "random" else f"_confidence{suffix}"  # the sampler's default order: no suffix
-            out[f"gft_images_per_s{key}"] = round(args.batch / t_gft, 4)
-            out[f"cfg_images_per_s{key}"] = round(args.batch / t_cfg, 4)
-            out[f"gft_vs_cfg_speedup{key}"] = round(t_cfg / t_gft, 4)
-            print(f"vocab {vocab:6d} {order:10s}: GFT {args.batch / t_gft:8.2f} img/s | CFG {args.batch / t_cfg:8.2f} "
-                  f"img/s | speedup {t_cfg / t_gft:.2f}x", flush=True)
+    out = {}
+    for suffix, variant in spec.variants.items():
+        stats = {"gft": SamplingStats(), "cfg": SamplingStats()}
+        opts = {**spec.options, **variant}
+        runs = {"gft": lambda: family.sample(model, labels, beta=0.5, stats=stats["gft"], **opts),
+                "cfg": lambda: family.sample(model, labels, cfg_scale=cfg_scale, stats=stats["cfg"], **opts)}
+        if not warmup:  # one small run still pays the one-time costs (allocator, kernels) before anything is timed
+            family.sample(model, labels[:2], beta=0.5, **opts)
+            family.sample(model, labels[:2], cfg_scale=cfg_scale, **opts)
+        t = interleaved(runs, repeats, warmup)
+        out[suffix] = {"gft_images_per_s": batch / t["gft"], "cfg_images_per_s": batch / t["cfg"],
+                       "gft_vs_cfg_speedup": t["cfg"] / t["gft"], "gft_nfe_per_image": stats["gft"].nfe_per_image,
+                       "cfg_nfe_per_image": stats["cfg"].nfe_per_image}
+    if spec.cache:
+        small = labels[:recompute_batch]
+        t = interleaved({"kv": lambda: family.sample(model, small, beta=0.5, **spec.options),
+                         "recompute": lambda: family.sample(model, small, beta=0.5, use_cache=False, **spec.options)},
+                        1 if not warmup else max(1, repeats), warmup=warmup)
+        out[""].update({"kv_images_per_s": recompute_batch / t["kv"],
+                        "recompute_images_per_s": recompute_batch / t["recompute"],
+                        "kv_vs_recompute_speedup": t["recompute"] / t["kv"]})
     return out
-
-VAR_BENCH = {"preset": "d4", "vocabs": [4096], "batch": 16}  # VAR's codebook size; used unless given
-
-
-def bench_var(args, parser) -> None:
-    """VAR: GFT (β, one pass per scale, B rows) vs CFG (VAR's (1+t)c − t·u, linear ramp, 2B rows), and the
-    scale-wise KV cache vs recomputing every coarser scale at each scale, on VAR's 1…16 schedule (680 tokens).
-
-    Same random weights and labels for each pair. Options left at the LlamaGen defaults take VAR_BENCH's values.
-    """
-    from gft_tokens.tokenizers.multiscale import DEFAULT_SCALES, VAR_SCALES_256
-
-    given = {k: getattr(args, k) != parser.get_default(k) for k in VAR_BENCH}
-    preset = args.preset if given["preset"] else VAR_BENCH["preset"]
-    vocabs = args.vocabs if given["vocabs"] else VAR_BENCH["vocabs"]
-    batch = args.batch if given["batch"] or args.quick else VAR_BENCH["batch"]
-    schedules = {16: list(VAR_SCALES_256), 8: list(DEFAULT_SCALES)}
-    if args.grid not in schedules:
-        raise GFTError(f"--model var benchmarks --grid 16 (VAR's scales 1..16) or 8 (1,2,3,4,6,8), got {args.grid}")
-    scales = schedules[args.grid]
-    dtype = getattr(torch, args.dtype)
-    result = {"model": "var", "preset": preset, "scales": scales, "tokens": sum(s * s for s in scales),
-              "batch": batch, "recompute_batch": args.recompute_batch, "device": args.device, "dtype": args.dtype,
-              "torch_threads": torch.get_num_threads(), "cfg": 1.5, "cfg_schedule": "linear"}
-    for i, vocab in enumerate(vocabs):
-        torch.manual_seed(0)
-        model = build_model("var", preset, vocab_size=vocab, scales=scales, cvae=32, num_classes=1000)
-        g = torch.Generator().manual_seed(0)
-        n_phi = len(model.quantizer.resi_weight)
-        model.load_quantizer({"embedding": torch.randn(vocab, 32, generator=g),
-                              "resi_weight": torch.randn(n_phi, 32, 32, 3, 3, generator=g) * 0.05,
-                              "resi_bias": torch.zeros(n_phi, 32)})
-        model = model.to(args.device, dtype).eval()
-        torch.nn.init.normal_(model.head.weight, std=0.02)  # a trained-looking head
-        labels = torch.arange(batch, device=args.device) % 1000
-
-        def run(n, **kw):
-            return lambda: sample_codes(model, labels[:n], generator=None, **kw)
-
-        t_gft = timed(run(batch, beta=0.5), args.repeats)
-        t_cfg = timed(run(batch, cfg=1.5), args.repeats)
-        t_kv = timed(run(args.recompute_batch, beta=0.5), args.repeats)
-        t_re = timed(run(args.recompute_batch, beta=0.5, use_cache=False), args.repeats)
-        r = {"gft_images_per_s": batch / t_gft, "cfg_images_per_s": batch / t_cfg, "gft_vs_cfg_speedup": t_cfg / t_gft,
-             "kv_images_per_s": args.recompute_batch / t_kv, "recompute_images_per_s": args.recompute_batch / t_re,
-             "kv_vs_recompute_speedup": t_re / t_kv}
-        print(f"var {preset} vocab {vocab:5d}, {result['tokens']} tokens: GFT {r['gft_images_per_s']:8.2f} img/s | "
-              f"CFG {r['cfg_images_per_s']:8.2f} img/s | speedup {r['gft_vs_cfg_speedup']:.2f}x || scale-wise KV "
-              f"{r['kv_images_per_s']:8.2f} img/s | recompute {r['recompute_images_per_s']:8.2f} img/s | speedup "
-              f"{r['kv_vs_recompute_speedup']:.2f}x", flush=True)
-        suffix = "" if i == 0 else f"_v{vocab}"
-        result.update({k + suffix: round(v, 4) for k, v in r.items()})
-    if args.json:
-        print(json.dumps(result))
 
 
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family")
-    p.add_argument("--preset", default="GPT-small", help="model preset (default: GPT-small)")
-    p.add_argument("--grid", type=int, default=16, help="token grid side (default: 16 → 256 tokens)")
-    p.add_argument("--batch", type=int, default=256,
-                   help="images per GFT batch; CFG runs 2x rows. Large enough that a decode step is compute-bound "
-                        "rather than bound by per-step overheads or weight reads (default: 256; 32 for --model "
-                        "masked, 16 for --model var)")
+    p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family (default: llamagen)")
+    p.add_argument("--preset", help="model preset (default: the family's: GPT-small, d4, MAR-tiny)")
+    p.add_argument("--grid", type=int, default=16, help="token grid side (default: 16 → 256 tokens; VAR: scales 1..16)")
+    p.add_argument("--batch", type=int,
+                   help="images per GFT batch; CFG runs 2x rows. Large enough that a step is compute-bound rather "
+                        "than bound by per-step overheads or weight reads (default: the family's: 256 llamagen, "
+                        "32 masked, 16 var and mar)")
     p.add_argument("--recompute-batch", type=int, default=16, help="batch for the cache-vs-recompute pair (default: 16)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median) (default: 1; 3 for --model masked)")
-    p.add_argument("--vocabs", type=int, nargs="+", default=[1024, 16384], help="vocabulary sizes")
+    p.add_argument("--repeats", type=int, help="timed runs per measurement, median (default: the family's: 1; 3 masked)")
+    p.add_argument("--vocabs", type=int, nargs="+",
+                   help="vocabulary sizes (default: the family's: 1024 16384 llamagen/masked, 4096 var)")
+    p.add_argument("--cfg-scale", type=float, default=2.0, help="CFG scale of the CFG runs (default: 2.0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--quick", action="store_true", help="smaller batch and one repeat: under a minute on a CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--steps", type=int, default=16,
-                   help="--model masked: decoding steps (default: 16, as generate.py; MAR samples with 64-256)")
+    for option, families in family_options():
+        kw = {"choices": list(option.choices)} if option.choices else {}
+        p.add_argument(option.flag, type=option.type, help=f"{' and '.join(families)} only: {option.help}", **kw)
     args = p.parse_args(argv)
+    family = get_family(args.model)
+    spec = family.bench
+    if spec is None:
+        raise GFTError(f"the {family.name} family declares no sampling benchmark")
+    given = family.sampling_kwargs(**{o.name: getattr(args, o.name) for o, _ in family_options()})
+    if given:
+        spec = dataclasses.replace(spec, options={**spec.options, **given})
+    preset = args.preset or spec.preset
+    batch = args.batch or spec.batch
+    repeats = args.repeats or spec.repeats
+    vocabs = list(args.vocabs) if args.vocabs else list(spec.vocabs)
+    recompute_batch = args.recompute_batch
+    if args.quick:  # a small warm-up instead of full ones, smaller batches
+        batch, recompute_batch, repeats = min(batch, 32), min(recompute_batch, 4), 1
+    if batch <= 0 or recompute_batch <= 0 or repeats <= 0:
+        raise GFTError("--batch, --recompute-batch and --repeats must be positive")
+    if spec.vocabs == (None,) and args.vocabs:
+        raise GFTError(f"--vocabs does not apply to the {family.name} family (continuous tokens)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:  # a small warm-up instead of full ones, smaller batches
-        args.batch, args.recompute_batch, args.repeats = min(args.batch, 32), min(args.recompute_batch, 4), 1
-    if args.batch <= 0 or args.recompute_batch <= 0 or args.repeats <= 0:
-        raise GFTError("--batch, --recompute-batch and --repeats must be positive")
-    if args.model == "masked":  # no KV cache: its own measurement (preset default MAR-tiny)
-        preset = "MAR-tiny" if args.preset == p.get_default("preset") else args.preset
-        if args.batch == p.get_default("batch"):
-            args.batch = MASKED_BATCH
-        if args.repeats == p.get_default("repeats") and not args.quick:  # seconds per run: take a median of 3
-            args.repeats = MASKED_REPEATS
-        result = bench_masked(args, preset)
-        if args.json:
-            print(json.dumps(result))
-        return
-
-    if args.model == "var":
-        return bench_var(args, p)
     dtype = getattr(torch, args.dtype)
-    rows = {}
-    for vocab in args.vocabs:
-        r = bench_one(args.model, args.preset, vocab, args.grid, args.batch, args.recompute_batch, args.repeats,
-                      args.device, dtype, warmup=not args.quick)
-        rows[vocab] = r
-        print(f"vocab {vocab:6d}: GFT {r['gft_images_per_s']:8.2f} img/s | CFG {r['cfg_images_per_s']:8.2f} img/s | "
-              f"speedup {r['gft_vs_cfg_speedup']:.2f}x || KV {r['kv_images_per_s']:8.2f} img/s | recompute "
-              f"{r['recompute_images_per_s']:8.3f} img/s | speedup {r['kv_vs_recompute_speedup']:.1f}x", flush=True)
-    result = {"model": args.model, "preset": args.preset, "grid": args.grid, "tokens": args.grid * args.grid,
-              "batch": args.batch, "recompute_batch": args.recompute_batch, "device": args.device,
-              "dtype": args.dtype, "torch_threads": torch.get_num_threads()}
-    main_vocab = 16384 if 16384 in rows else max(rows)
-    for vocab, r in rows.items():
-        suffix = "" if vocab == main_vocab else f"_v{vocab}"
-        for k, v in r.items():
-            if k != "vocab":
-                result[k + suffix] = round(v, 4)
+    result = {"model": family.name, "preset": preset, "grid": args.grid, "batch": batch,
+              "recompute_batch": recompute_batch if spec.cache else None, "repeats": repeats, "device": args.device,
+              "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "cfg_scale": args.cfg_scale,
+              "sampler_options": spec.options,
+              "kv_cache": "static" if spec.cache else "none: a bidirectional model recomputes all positions every step"}
+    main_vocab = 16384 if 16384 in vocabs else max(vocabs, key=lambda v: v or 0)
+    for vocab in vocabs:
+        model = spec.build(preset, vocab, args.grid).to(args.device, dtype)
+        rows = bench_vocab(family, model, batch, recompute_batch, repeats, args.device, not args.quick, args.cfg_scale)
+        for suffix, r in rows.items():
+            line = (f"{family.name} {preset} vocab {vocab}{suffix or ''}: GFT {r['gft_images_per_s']:8.2f} img/s "
+                    f"({r['gft_nfe_per_image']:g} NFE) | CFG {r['cfg_images_per_s']:8.2f} img/s "
+                    f"({r['cfg_nfe_per_image']:g} NFE) | speedup {r['gft_vs_cfg_speedup']:.2f}x")
+            if "kv_images_per_s" in r:
+                line += (f" || KV {r['kv_images_per_s']:8.2f} img/s | recompute {r['recompute_images_per_s']:8.3f} "
+                         f"img/s | speedup {r['kv_vs_recompute_speedup']:.1f}x")
+            print(line, flush=True)
+            key = suffix + ("" if vocab == main_vocab else f"_v{vocab}")
+            result.update({k + key: round(v, 4) for k, v in r.items()})
     if args.json:
         print(json.dumps(result))
 

@@ -27,9 +27,8 @@ import time
 import torch
 
 from gft_tokens.errors import GFTError, cli_main
-from gft_tokens.models import FAMILIES, build_model
-from gft_tokens.objectives import OBJECTIVES, HeadInputs
-from gft_tokens.train.families import FAMILY_ADAPTERS
+from gft_tokens.families import FAMILIES, build_model, get_family
+from gft_tokens.objectives import HeadInputs
 
 
 def _status_kb(field: str) -> int:
@@ -63,15 +62,15 @@ def make_step(args, vocab: int, objective: str):
     torch.nn.init.normal_(model.output.weight, std=0.02)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    family = FAMILY_ADAPTERS[args.model]
-    shape = family.token_shape(model.config)
+    family = get_family(args.model)
+    shape = family.adapter.token_shape(model.config)
     codes = torch.randint(vocab, (args.batch, *shape), device=dev)
     labels = torch.randint(1000, (args.batch,), device=dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    loss_fn = OBJECTIVES[objective]
+    loss_fn = family.objective(objective)
 
     def step():
-        inputs = family.loss_inputs(model, codes, gen)
+        inputs = family.adapter.loss_inputs(model, codes, gen)
         fn = materialised(inputs.logits_fn) if args.loss == "naive" else inputs.logits_fn
         # want_own=False: the training loop computes the network's own CE (one more projection, for the log) only
         # on its logging steps, one in --log-every (10)

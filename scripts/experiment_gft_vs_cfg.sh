@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
-# GFT vs CFG on the embedded shapes data, LlamaGen family, end to end:
+# GFT vs CFG on the embedded shapes data, for one model family or all four, end to end:
 #   (a) train a CFG model and (b) a GFT model from scratch with identical budgets (preset, steps, batch, lr, data,
-#   seed); (c) GFT-fine-tune (a) with 5% of its steps; sweep (b) and (c) over β and (a) over the CFG scale w;
-#   write the table and plots to docs/gft_vs_cfg/.
+#   seed); (c) GFT-fine-tune (a) with 5% of its steps; sweep (b) and (c) over β = 1/w and (a) over the CFG scale w
+#   (w ∈ {1, 1.25, 1.5, 2, 3, 4}), with bootstrap spreads; learning curves: (a) and (b) also trained for the step
+#   counts in CURVE and swept the same way. Writes docs/gft_vs_cfg/<family>/ and, with all families done,
+#   docs/gft_vs_cfg/summary.md + the per-family plots (scripts/experiment_summary.py).
 #
-#   bash scripts/experiment_gft_vs_cfg.sh
+#   bash scripts/experiment_gft_vs_cfg.sh                 # all four families, one after the other
+#   FAMILIES=llamagen bash scripts/experiment_gft_vs_cfg.sh
 #
-# Environment overrides (defaults in brackets): PYTHON [python], MODEL [llamagen], OUT [runs/gft_vs_cfg],
-# DOCS [docs/gft_vs_cfg], PRESET [GPT-tiny], STEPS [2000], FT_STEPS [STEPS/20], FT_LR [1e-3], BATCH [64],
-# LR [2e-3], TRAIN_IMAGES [10000], N_PER_CLASS [100], SEED [0].
-# A finished phase leaves <run>/DONE and is skipped when the script runs again; the sweep resumes too.
+# Environment overrides (defaults in brackets; per-family defaults below): PYTHON [python], FAMILIES
+# [llamagen var masked mar], OUT [runs/gft_vs_cfg], DOCS [docs/gft_vs_cfg], PRESET, STEPS, LR, BATCH [64],
+# FT_STEPS [STEPS/20], FT_LR, CURVE [STEPS/4 STEPS/2], TRAIN_IMAGES [10000], N_PER_CLASS [100], SEED [0],
+# THREADS [0: torch's default].
+# A finished phase leaves <run>/DONE and is skipped when the script runs again; sweeps resume too.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
-MODEL=${MODEL:-llamagen}
-OUT=${OUT:-runs/gft_vs_cfg}
-DOCS=${DOCS:-docs/gft_vs_cfg}
-PRESET=${PRESET:-GPT-tiny}
-STEPS=${STEPS:-2000}
-FT_STEPS=${FT_STEPS:-$((STEPS / 20))}
-FT_LR=${FT_LR:-1e-3}
+FAMILIES=${FAMILIES:-llamagen var masked mar}
+OUT_ROOT=${OUT:-runs/gft_vs_cfg}
+DOCS_ROOT=${DOCS:-docs/gft_vs_cfg}
 BATCH=${BATCH:-64}
-LR=${LR:-2e-3}
 TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
 N_PER_CLASS=${N_PER_CLASS:-100}
 SEED=${SEED:-0}
+THREADS=${THREADS:-0}
+BETAS="1 0.8 0.6667 0.5 0.3333 0.25"   # = 1/w for the CFG scales below
+SCALES="1 1.25 1.5 2 3 4"
 
-mkdir -p "$OUT" "$DOCS"
-TIMES="$OUT/timings.jsonl"
-START=$(date +%s)
+defaults() {  # per family: preset, steps, lr, fine-tune lr (each ≤ ~20 min of training on a 2-core CPU)
+    case "$1" in
+        llamagen) echo "GPT-tiny 2000 2e-3 1e-3" ;;
+        var)      echo "d2 1000 1e-3 5e-4" ;;
+        masked)   echo "MAR-tiny 1500 1e-3 5e-4" ;;
+        mar)      echo "MAR-tiny 500 1e-3 5e-4" ;;
+        *)        echo "unknown family $1" >&2; exit 2 ;;
+    esac
+}
 
 phase() {  # phase NAME DIR COMMAND...: run unless DIR/DONE exists; log its wall time
     local name=$1 dir=$2
@@ -47,36 +55,44 @@ phase() {  # phase NAME DIR COMMAND...: run unless DIR/DONE exists; log its wall
     echo "== $name: ${dt}s"
 }
 
-COMMON=(--preset "$PRESET" --batch-size "$BATCH" --lr "$LR" --train-images "$TRAIN_IMAGES" --seed "$SEED"
-        --save-every 0 --keep-last 1)
+for FAMILY in $FAMILIES; do
+    read -r D_PRESET D_STEPS D_LR D_FT_LR < <(defaults "$FAMILY")
+    PRESET=${PRESET_OVERRIDE:-${PRESET:-$D_PRESET}}
+    STEPS_F=${STEPS:-$D_STEPS}
+    LR_F=${LR:-$D_LR}
+    FT_LR_F=${FT_LR:-$D_FT_LR}
+    FT_STEPS_F=${FT_STEPS:-$(( STEPS_F / 20 > 0 ? STEPS_F / 20 : 1 ))}
+    CURVE_F=${CURVE:-"$((STEPS_F / 4)) $((STEPS_F / 2))"}
+    OUT="$OUT_ROOT/$FAMILY"
+    DOCS="$DOCS_ROOT/$FAMILY"
+    mkdir -p "$OUT" "$DOCS"
+    TIMES="$OUT/timings.jsonl"
+    COMMON=(--preset "$PRESET" --batch-size "$BATCH" --lr "$LR_F" --train-images "$TRAIN_IMAGES" --seed "$SEED"
+            --save-every 0 --keep-last 1 --threads "$THREADS")
+    SWEEP=(--model "$FAMILY" --betas $BETAS --cfg-scales $SCALES --n-per-class "$N_PER_CLASS" --seed "$SEED"
+           --resume --threads "$THREADS")
 
-phase train-cfg "$OUT/cfg" \
-    "$PYTHON" "scripts/train_$MODEL.py" --objective cfg --steps "$STEPS" "${COMMON[@]}" --out "$OUT/cfg"
-phase train-gft "$OUT/gft" \
-    "$PYTHON" "scripts/train_$MODEL.py" --objective gft --steps "$STEPS" "${COMMON[@]}" --out "$OUT/gft"
-phase finetune-gft "$OUT/gft-ft" \
-    "$PYTHON" "scripts/train_$MODEL.py" --objective gft --init-from "$OUT/cfg/model" --steps "$FT_STEPS" \
-    --lr "$FT_LR" --warmup-steps 5 --batch-size "$BATCH" --train-images "$TRAIN_IMAGES" --seed "$SEED" \
-    --save-every 0 --keep-last 1 --out "$OUT/gft-ft"
-phase sweep "" \
-    "$PYTHON" scripts/sweep.py --model "$MODEL" --cfg "cfg=$OUT/cfg/model" --gft "gft-scratch=$OUT/gft/model" \
-    --gft "gft-finetune=$OUT/gft-ft/model" --n-per-class "$N_PER_CLASS" --seed "$SEED" --out "$DOCS" \
-    --samples-dir "$OUT/samples" --resume
-
-TOTAL=$(( $(date +%s) - START ))
-"$PYTHON" - "$OUT" "$DOCS" "$TOTAL" <<'EOF'
-import json, sys
-from pathlib import Path
-out, docs, total = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-phases = [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines() if line.strip()]
-train = {}
-for run in ("cfg", "gft", "gft-ft"):
-    log = [json.loads(line) for line in (out / run / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    train[run] = {"steps": log[-1]["step"], "final_loss": log[-1]["loss"], "final_own_loss": log[-1].get("own_loss"),
-                  "train_s": log[-1]["elapsed_s"], "config": json.loads((out / run / "model" / "config.json").read_text()).get("preset")}
-summary = {"command": "bash scripts/experiment_gft_vs_cfg.sh", "wall_s_this_invocation": total, "phases": phases,
-           "training": train}
-(docs / "experiment.json").write_text(json.dumps(summary, indent=1) + "\n")
-print(json.dumps(summary))
-EOF
-echo "== all done in ${TOTAL}s; results in $DOCS/results.md"
+    phase "$FAMILY train-cfg" "$OUT/cfg" \
+        "$PYTHON" "scripts/train_$FAMILY.py" --objective cfg --steps "$STEPS_F" "${COMMON[@]}" --out "$OUT/cfg"
+    phase "$FAMILY train-gft" "$OUT/gft" \
+        "$PYTHON" "scripts/train_$FAMILY.py" --objective gft --steps "$STEPS_F" "${COMMON[@]}" --out "$OUT/gft"
+    phase "$FAMILY finetune-gft" "$OUT/gft-ft" \
+        "$PYTHON" "scripts/train_$FAMILY.py" --objective gft --init-from "$OUT/cfg/model" --steps "$FT_STEPS_F" \
+        --lr "$FT_LR_F" --warmup-steps 5 --batch-size "$BATCH" --train-images "$TRAIN_IMAGES" --seed "$SEED" \
+        --save-every 0 --keep-last 1 --threads "$THREADS" --out "$OUT/gft-ft"
+    phase "$FAMILY sweep" "" \
+        "$PYTHON" scripts/sweep.py "${SWEEP[@]}" --cfg "cfg=$OUT/cfg/model" --gft "gft-scratch=$OUT/gft/model" \
+        --gft "gft-finetune=$OUT/gft-ft/model" --out "$DOCS" --samples-dir "$OUT/samples"
+    for S in $CURVE_F; do  # learning curve: the same budgets but S steps (each its own cosine schedule)
+        for OBJ in cfg gft; do
+            phase "$FAMILY curve-$OBJ-$S" "$OUT/curve/$OBJ-$S" \
+                "$PYTHON" "scripts/train_$FAMILY.py" --objective "$OBJ" --steps "$S" "${COMMON[@]}" \
+                --out "$OUT/curve/$OBJ-$S"
+        done
+        phase "$FAMILY curve-sweep-$S" "" \
+            "$PYTHON" scripts/sweep.py "${SWEEP[@]}" --cfg "cfg=$OUT/curve/cfg-$S/model" \
+            --gft "gft-scratch=$OUT/curve/gft-$S/model" --no-floors --out "$DOCS/curve-$S"
+    done
+done
+"$PYTHON" scripts/experiment_summary.py --docs "$DOCS_ROOT" --runs "$OUT_ROOT"
+echo "== done; results in $DOCS_ROOT/summary.md"

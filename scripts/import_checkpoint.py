@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 
-import gft_tokens.models  # noqa: F401  (model families register their importers on import)
+import gft_tokens.families  # noqa: F401  (model families register their importers on import)
 import gft_tokens.tokenizers  # noqa: F401
 from gft_tokens.errors import cli_main
-from gft_tokens.io import IMPORTERS, import_checkpoint
+from gft_tokens.importers import IMPORTERS, import_checkpoint
 
 # CLI flag → importer option; a flag is passed on only when given, and a format refuses options it does not take
 OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str, "vqvae": str}

@@ -27,7 +27,9 @@ import json
 import torch
 
 from gft_tokens.errors import GFTError, cli_main
-from gft_tokens.models import FAMILIES, build_config
+from gft_tokens.families import build_config, get_family
+
+PLANNED = ("llamagen",)  # families whose activation memory this planner models
 
 GIB = 2**30
 
@@ -76,7 +78,7 @@ def llamagen_activations(config, micro_batch: int, dtype: torch.dtype) -> dict[s
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from gft_tokens.conditioning import BetaEmbedder
-    from gft_tokens.models.llamagen import Block
+    from gft_tokens.families.llamagen.model import Block
     from gft_tokens.nn import Embedding, OutputHead, RMSNorm, rope_2d_table
 
     c = config
@@ -134,14 +136,13 @@ def model_state_rows(total: int, largest: int, gpus: int, nodes: int) -> list[di
 
 def plan(model: str, gpus: int, nodes: int, micro_batch: int, gpu_memory: float, family: str = "llamagen",
          dtype: str = "bf16", **overrides) -> dict:
-    if family not in FAMILIES:
-        raise GFTError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
-    if family != "llamagen":
-        raise GFTError(f"activation estimates are implemented for the llamagen family only, not {family!r}")
+    if family not in PLANNED:
+        raise GFTError(f"activation estimates are implemented for the {', '.join(PLANNED)} family only, not "
+                       f"{family!r}")
     if gpus <= 0 or nodes <= 0 or micro_batch <= 0:
         raise GFTError("--gpus, --nodes and --micro-batch must be positive")
     config = build_config(family, model, **overrides)
-    total, largest_name, largest = count_parameters(FAMILIES[family]["model"], config)
+    total, largest_name, largest = count_parameters(get_family(family).model_class, config)
     act = llamagen_activations(config, micro_batch, {"bf16": torch.bfloat16, "fp16": torch.float16,
                                                      "fp32": torch.float32}[dtype])
     rows = model_state_rows(total, largest, gpus, nodes)
@@ -182,7 +183,7 @@ def format_table(p: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model preset, e.g. GPT-3B")
-    parser.add_argument("--family", default="llamagen", help="model family (default: llamagen)")
+    parser.add_argument("--family", default="llamagen", help="model family (default: llamagen, the only one planned)")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default: 8)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (default: 1)")
     parser.add_argument("--micro-batch", type=int, default=16, help="micro-batch per GPU (default: 16, as the "

@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gft_tokens.errors import cli_main
+import torch
+
+from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, load_extractor
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 from gft_tokens.eval.sweep import DEFAULT_BETAS, DEFAULT_CFG_SCALES, parse_run, run_sweep
-from gft_tokens.models import FAMILIES
+from gft_tokens.families import FAMILIES
+from gft_tokens.families.options import add_sampling_arguments, common_sampling, sampling_options
 
 
 @cli_main
@@ -39,9 +42,6 @@ def main(argv=None):
     p.add_argument("--n-per-class", type=int, default=100, help="samples per class per setting (default: 100)")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling batch (default: 250)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every setting (default: 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: 1.0)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k filtering, 0 = off (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering, 1 = off (default: 1.0)")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR, help=f"feature extractor (default: {DEFAULT_EXTRACTOR})")
     p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
                    help=f"held-out reference images (default: {DEFAULT_REF_SIZE})")
@@ -50,15 +50,24 @@ def main(argv=None):
     p.add_argument("--samples-dir", help="keep every setting's samples here as .npz (default: not kept)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="reuse settings already in <out>/results.json with the same options (default: off)")
+    p.add_argument("--bootstrap", type=int, default=20,
+                   help="bootstrap resamples per setting for the FID / accuracy spreads, 0 = none (default: 20)")
     p.add_argument("--out", default="docs/sweep", help="output directory (default: docs/sweep)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's own choice)")
+    add_sampling_arguments(p)
     args = p.parse_args(argv)
+    if args.threads < 0:
+        raise GFTError(f"--threads must be ≥ 0 (0: torch's default), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     runs = [parse_run(t, "gft") for t in args.gft] + [parse_run(t, "cfg") for t in args.cfg]
     extractor = load_extractor(args.extractor)
     run_sweep(runs, extractor, Path(args.out), ref_size=args.ref_size, family=args.model, betas=args.betas,
               cfg_scales=args.cfg_scales, n_per_class=args.n_per_class, batch_size=args.batch_size, seed=args.seed,
               samples_dir=Path(args.samples_dir) if args.samples_dir else None, floors=args.floors,
-              resume=args.resume, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+              resume=args.resume, family_options=sampling_options(args), bootstrap=args.bootstrap,
+              **common_sampling(args))
     print(f"wrote {Path(args.out) / 'results.md'}")
 
 

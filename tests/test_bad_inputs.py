@@ -12,8 +12,8 @@ import torch
 from conftest import ROOT, SHIPPED_VQ, run_script, script_main
 from gft_tokens import GFTError
 from gft_tokens.data import ShapesDataset
-from gft_tokens.io import load_torch_file
-from gft_tokens.models import build_model, load_model
+from gft_tokens.fs import load_torch_file
+from gft_tokens.families import build_model, load_model
 from gft_tokens.tokenizers import VQConfig, VQTokenizer, load_tokenizer
 from gft_tokens.train import checkpoints as CK
 from gft_tokens.train.loop import TrainOptions, train
@@ -98,7 +98,7 @@ def test_class_id_out_of_range_cli(tmp_path, capsys, model_dir, classes, bad):
 
 
 def test_class_id_out_of_range_api(model_dir, shipped_tokenizer):
-    from gft_tokens.sampling import sample_images
+    from gft_tokens.families import sample_images
 
     with pytest.raises(GFTError, match=r"class id 11 is outside \[0, 10\)"):
         sample_images(load_model(model_dir), shipped_tokenizer, torch.tensor([1, 11]), beta=0.5)

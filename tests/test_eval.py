@@ -7,7 +7,7 @@ import torch
 
 from conftest import ROOT, SHIPPED_VQ, run_script, script_main
 from gft_tokens.errors import GFTError
-from gft_tokens.eval import ExtractorOutput, ForwardCounter, load_extractor
+from gft_tokens.eval import ExtractorOutput, load_extractor
 from gft_tokens.eval import metrics as M
 
 SHIPPED_PROBE = ROOT / "tokenizers" / "shapes-probe"
@@ -175,22 +175,23 @@ def test_probe_training_is_deterministic(tmp_path):
 
 
 # -- NFE -----------------------------------------------------------------------------------------------------------
-def test_forward_counter_counts_one_pass_for_gft_two_for_cfg():
-    from gft_tokens.models import build_model
-    from gft_tokens.sampling import sample_codes
+def test_sampler_stats_count_one_pass_for_gft_two_for_cfg_and_accumulate():
+    from gft_tokens.families import build_model, sample_codes
+    from gft_tokens.sampling import SamplingStats
 
     torch.manual_seed(0)
     m = build_model("llamagen", "GPT-nano", vocab_size=64, grid_size=4, num_classes=10)
     labels = torch.arange(3)
-    with ForwardCounter(m) as c:
-        sample_codes(m, labels, beta=0.5)
-    assert c.per_image(3) == 16 and c.calls == 16
-    with ForwardCounter(m) as c:
-        sample_codes(m, labels, cfg_scale=2.0)
-    assert c.per_image(3) == 32 and c.calls == 16
-    with ForwardCounter(m) as c:
-        pass
-    assert c.rows == 0  # hooks removed on exit, nothing counted outside
+    gft, cfg, one = SamplingStats(), SamplingStats(), SamplingStats()
+    sample_codes(m, labels, beta=0.5, stats=gft)
+    assert (gft.nfe_per_image, gft.passes, gft.images) == (16, 16, 3)
+    sample_codes(m, labels, cfg_scale=2.0, stats=cfg)
+    assert (cfg.nfe_per_image, cfg.passes) == (32, 16)
+    sample_codes(m, labels[:1], cfg_scale=1.0, stats=one)  # w = 1 is the conditional model: one pass
+    assert one.nfe_per_image == 16
+    sample_codes(m, labels[:1], beta=0.5, stats=gft)  # a second call adds to the same counter
+    assert (gft.images, gft.forward_rows, gft.nfe_per_image) == (4, 64, 16)
+    assert SamplingStats().nfe_per_image == 0.0
 
 
 # -- evaluate.py ----------------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def test_own_extractor_plugs_in_through_module_factory(samples_npz, tmp_path, ca
 # -- sweep ---------------------------------------------------------------------------------------------------------
 def test_sweep_tiny_end_to_end(tmp_path):
     from gft_tokens.eval.sweep import parse_run, run_sweep
-    from gft_tokens.models import build_model
+    from gft_tokens.families import build_model
     from gft_tokens.tokenizers import load_tokenizer
 
     tok = load_tokenizer(SHIPPED_VQ)

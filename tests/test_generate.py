@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import SHIPPED_VQ, run_script, script_main
-from gft_tokens.models import build_model
+from gft_tokens.families import build_model
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from conftest import SHIPPED_VQ, script_main
 from gft_tokens import GFTError
-from gft_tokens.io import IMPORTERS, Converted, Importer, convert_state_dict, import_checkpoint, register_importer
-from gft_tokens.io.var import PATCH_NUMS, inspect_var, inspect_vqvae, var_layout, vqvae_layout
-from gft_tokens.models import FAMILIES, load_model
+from gft_tokens.importers import IMPORTERS, convert_state_dict, import_checkpoint, register_importer
+from gft_tokens.importing import Converted, Importer
+from gft_tokens.families.var.importer import PATCH_NUMS, inspect_var, inspect_vqvae, var_layout, vqvae_layout
+from gft_tokens.families import FAMILIES, load_model
 from gft_tokens.tokenizers import load_tokenizer
 
 
@@ -407,7 +408,7 @@ def test_var_checks_name_differences_and_conversion_needs_the_var_family():
 
 
 def test_a_registered_format_is_dispatched_by_name_only(tmp_path):
-    from gft_tokens.models.llamagen import LlamaGen, llamagen_config
+    from gft_tokens.families.llamagen.model import LlamaGen, llamagen_config
 
     def convert(state, scale=1.0):  # e.g. a family whose official names differ from ours
         config = llamagen_config("GPT-nano", vocab_size=16, grid_size=2, num_classes=3, beta_embed=False)

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from gft_tokens import GFTError
-from gft_tokens.io import config_replace
-from gft_tokens.models import build_model, load_model
-from gft_tokens.models.llamagen import PRESETS, LlamaGen, llamagen_config
+from gft_tokens.pretrained import config_replace
+from gft_tokens.families import build_model, load_model
+from gft_tokens.families.llamagen.model import PRESETS, LlamaGen, llamagen_config
 from gft_tokens.nn import apply_rope, rope_2d_table, swiglu_hidden_dim
-from gft_tokens.sampling.autoregressive import sample
+from gft_tokens.families.llamagen.sampler import sample
 from gft_tokens.sampling.common import filter_logits
 
 NO_DROPOUT = dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)

@@ -9,15 +9,20 @@ import torch
 
 from conftest import ROOT, run_script
 from gft_tokens import GFTError
-from gft_tokens.models import build_model, load_model
-from gft_tokens.models.diffloss import (GaussianDiffusion, cfg_eps_loss, cosine_betas, gft_eps_loss,
-                                        spaced_timesteps)
-from gft_tokens.models.mar_continuous import MARModel, grid_to_tokens, mar_config, tokens_to_grid
-from gft_tokens.sampling import check_tokenizer_matches, sample_images
-from gft_tokens.sampling.mar import sample
+from gft_tokens.families import build_model, load_model
+from functools import partial
+
+from gft_tokens.families.mar.diffloss import GaussianDiffusion, cosine_betas, spaced_timesteps
+from gft_tokens.objectives import EPS_MSE, cfg_loss, gft_loss
+
+gft_eps_loss = partial(gft_loss, loss=EPS_MSE)
+cfg_eps_loss = partial(cfg_loss, loss=EPS_MSE)
+from gft_tokens.families.mar.model import MARModel, grid_to_tokens, mar_config, tokens_to_grid
+from gft_tokens.families import check_tokenizer_matches, sample_images
+from gft_tokens.families.mar.sampler import sample
 from gft_tokens.tokenizers import load_tokenizer
 from gft_tokens.tokenizers.kl import DiagonalGaussian, KLConfig, KLTokenizer
-from gft_tokens.train.families import FAMILY_ADAPTERS
+from gft_tokens.families import FAMILIES
 from gft_tokens.train.loop import TrainOptions, train
 
 C, G, N = 4, 4, 16  # latent channels, grid side, tokens of the unit-test models
@@ -369,7 +374,7 @@ def test_tokenizer_and_data_mismatch_are_refused():
         check_tokenizer_matches(m, tiny_kl(latent_channels=C + 2))
     from gft_tokens.data.codes import CodeDataset
 
-    fam = FAMILY_ADAPTERS["mar"]
+    fam = FAMILIES["mar"].adapter
     fam.check_data(CodeDataset(torch.zeros(2, 2, C, G, G), torch.zeros(2, dtype=torch.long), 10), m.config)
     with pytest.raises(GFTError, match="integer codes"):
         fam.check_data(CodeDataset(torch.zeros(2, 2, C, G, G, dtype=torch.long), torch.zeros(2), 10), m.config)
@@ -409,7 +414,7 @@ def test_training_loop_and_generate(tmp_path):
     assert np.load(tmp_path / "out" / "samples.npz")["images"].shape == (4, 32, 32, 3)
     bad = run_script("generate.py", "--model", "mar", "--ckpt", str(tmp_path / "run" / "model"), "--beta", "0.5",
                      "--order", "random", "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 2 and "applies to masked models only" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "does not apply to mar models" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
     with pytest.raises(GFTError, match="embedded shapes data only"):
         train("mar", TrainOptions(preset="MAR-nano", tokenizer=str(tmp_path / "kl"), data="shards/{000000..000001}.tar",

@@ -10,13 +10,12 @@ import torch.nn.functional as F
 
 from conftest import SHIPPED_VQ, run_script, script_main
 from gft_tokens import GFTError
-from gft_tokens.models import build_model, load_model
-from gft_tokens.models.masked import (PRESETS, MaskedTokenModel, draw_mask_ratio, draw_training_mask, masked_config,
-                                      sincos_2d)
+from gft_tokens.families import build_model, load_model
+from gft_tokens.families.masked.model import PRESETS, MaskedTokenModel, draw_mask_ratio, draw_training_mask, masked_config, sincos_2d
 from gft_tokens.objectives import cfg_loss, gft_loss
-from gft_tokens.sampling import sample_codes
-from gft_tokens.sampling.masked import guidance_scale, masked_after_step, sample
-from gft_tokens.train.families import FAMILY_ADAPTERS
+from gft_tokens.families import sample_codes
+from gft_tokens.families.masked.sampler import guidance_scale, masked_after_step, sample
+from gft_tokens.families import FAMILIES
 from gft_tokens.train.loop import TrainOptions, train
 
 NO_DROPOUT = dict(attn_dropout=0.0, proj_dropout=0.0)
@@ -114,9 +113,9 @@ def test_masking_never_leaks_targets_into_inputs():
 
     # through the family adapter the training pipeline sees: the loss inputs depend on unmasked targets only
     g = torch.Generator().manual_seed(3)
-    inputs = FAMILY_ADAPTERS["masked"].loss_inputs(m, codes.view(3, G, G), g)
+    inputs = FAMILIES["masked"].adapter.loss_inputs(m, codes.view(3, G, G), g)
     scrambled = torch.where(inputs.loss_mask, torch.randint(V, codes.shape), codes).view(3, G, G)
-    again = FAMILY_ADAPTERS["masked"].loss_inputs(m, scrambled, torch.Generator().manual_seed(3))
+    again = FAMILIES["masked"].adapter.loss_inputs(m, scrambled, torch.Generator().manual_seed(3))
     assert torch.equal(again.loss_mask, inputs.loss_mask)
     assert torch.equal(again.logits_fn(labels, beta).logits(), inputs.logits_fn(labels, beta).logits())
 
@@ -172,7 +171,7 @@ def test_loss_counts_masked_positions_only():
     m = tiny(**NO_DROPOUT)
     codes, labels = torch.randint(V, (4, N)), torch.tensor([0, 3, 5, 7])
     g = torch.Generator().manual_seed(1)
-    inputs = FAMILY_ADAPTERS["masked"].loss_inputs(m, codes.view(4, G, G), g)
+    inputs = FAMILIES["masked"].adapter.loss_inputs(m, codes.view(4, G, G), g)
     mask = inputs.loss_mask
     assert mask.any() and not mask.all()
 
@@ -269,7 +268,7 @@ def test_sampling_is_deterministic_per_generator_and_greedy_confidence_is_argmax
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 @pytest.mark.parametrize("scale", [2.0, 150.0])  # 150: logits beyond exp's float32 range take the max-shifted path
 def test_token_draw_gives_the_log_probability_it_drew_from(temperature, scale):
-    from gft_tokens.sampling.masked import _draw
+    from gft_tokens.families.masked.sampler import _draw
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4000, 12, generator=g) * scale
@@ -287,7 +286,7 @@ def test_token_draw_gives_the_log_probability_it_drew_from(temperature, scale):
 def test_chunked_head_and_cfg_mix_match_full_logits(monkeypatch):
     """Decoder states → head chunk by chunk (here 3 rows at a time) → u + w·(c − u): same tokens and log p as
     the full logits."""
-    import gft_tokens.sampling.masked as sm
+    import gft_tokens.families.masked.sampler as sm
 
     head = torch.nn.Linear(8, V)
     hidden = torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(0))

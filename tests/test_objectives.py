@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gft_tokens import GFTError
 from gft_tokens.conditioning import (beta_to_cfg_scale, beta_to_var_cfg, cfg_scale_to_beta, check_beta,
                                      var_cfg_to_beta)
-from gft_tokens.models import build_model
+from gft_tokens.families import build_model
 from gft_tokens.objectives import (HeadInputs, cfg_loss, fused_mixed_cross_entropy, gft_loss,
                                    mixed_cross_entropy)
 

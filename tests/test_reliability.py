@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, SHIPPED_VQ, child_env
 from gft_tokens import GFTError
-from gft_tokens.io import atomic_dir, load_torch_file
-from gft_tokens.models import load_model
+from gft_tokens.fs import atomic_dir, load_torch_file
+from gft_tokens.families import load_model
 from gft_tokens.train import checkpoints as CK
 from gft_tokens.train import engine as E
 from gft_tokens.train.loop import TrainOptions, train

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SHIPPED_VQ, script_main
-from gft_tokens.models import load_model
+from gft_tokens.families import load_model
 from gft_tokens.train import engine as E
 from gft_tokens.train.loop import TrainOptions, train
 
@@ -61,7 +61,7 @@ def test_a_gpt_3b_width_model_is_built_partitioned():
     partition (ds_tensor, 1/world of it)."""
     import deepspeed
 
-    from gft_tokens.models.llamagen import LlamaGen, llamagen_config
+    from gft_tokens.families.llamagen.model import LlamaGen, llamagen_config
 
     rank, world = E.init_distributed()
     cfg = llamagen_config("GPT-3B", n_layer=2, vocab_size=16384, grid_size=24, num_classes=1000)
@@ -164,7 +164,7 @@ def test_activation_measurement_on_fake_tensors_equals_real_tensors():
     """The planner's shape-only measurement saves exactly what a real forward saves (small model, real CPU)."""
     import importlib.util
 
-    from gft_tokens.models.llamagen import Block, llamagen_config
+    from gft_tokens.families.llamagen.model import Block, llamagen_config
     from gft_tokens.nn import rope_2d_table
 
     spec = importlib.util.spec_from_file_location("plan_memory", ROOT / "scripts" / "plan_memory.py")

@@ -7,7 +7,7 @@ import torch
 
 from conftest import SHIPPED_VQ, run_script
 from gft_tokens import GFTError
-from gft_tokens.models import load_model
+from gft_tokens.families import load_model
 from gft_tokens.train.loop import TrainOptions, train
 
 

@@ -6,11 +6,11 @@ import torch
 
 from conftest import ROOT, run_script, script_main
 from gft_tokens import GFTError
-from gft_tokens.io import config_replace
-from gft_tokens.models import build_model, load_model
-from gft_tokens.models.var import PRESETS, VAR, var_config
-from gft_tokens.sampling import sample_codes
-from gft_tokens.sampling.next_scale import guidance_strengths, sample
+from gft_tokens.pretrained import config_replace
+from gft_tokens.families import build_model, load_model
+from gft_tokens.families.var.model import PRESETS, VAR, var_config
+from gft_tokens.families import sample_codes
+from gft_tokens.families.var.sampler import guidance_strengths, sample
 from gft_tokens.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer
 from gft_tokens.tokenizers.multiscale import split_scales
 
@@ -146,8 +146,8 @@ def test_shared_adaln_variant():
 
 @pytest.mark.parametrize("kw", [
     dict(beta=0.4),
-    dict(cfg=1.5),
-    dict(cfg=3.0, cfg_schedule="constant", top_k=10, top_p=0.9),
+    dict(cfg_scale=2.5),
+    dict(cfg_scale=4.0, cfg_schedule="constant", top_k=10, top_p=0.9),
     dict(beta=torch.tensor([1.0, 0.5, 0.1]), temperature=0.8),
 ])
 def test_cached_scalewise_sampling_equals_recompute(kw):
@@ -165,15 +165,15 @@ def test_cfg_uses_vars_convention_and_ramp():
     m = tiny()
     labels = torch.tensor([2])
     t = 2.0
-    codes = sample(m, labels, cfg=t, cfg_schedule="constant", temperature=0.0)  # greedy
+    codes = sample(m, labels, cfg_scale=1 + t, cfg_schedule="constant", temperature=0.0)  # greedy: t = w - 1
     c = m.recompute_logits([], m.condition(labels, torch.ones(1)))
     u = m.recompute_logits([], m.condition(torch.tensor([10]), torch.ones(1)))
     assert codes[0, 0] == ((1 + t) * c - t * u).argmax()
     # the linear ramp starts at t = 0: the first scale is the conditional model's
-    assert sample(m, labels, cfg=t, temperature=0.0)[0, 0] == c.argmax()
-    # cfg = 0 is the conditional model
+    assert sample(m, labels, cfg_scale=1 + t, temperature=0.0)[0, 0] == c.argmax()
+    # w = 1 (t = 0) is the conditional model, sampled in one pass
     g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
-    assert torch.equal(sample(m, labels, cfg=0.0, generator=g()), sample(m, labels, generator=g()))
+    assert torch.equal(sample(m, labels, cfg_scale=1.0, generator=g()), sample(m, labels, generator=g()))
 
 
 def test_exact_start_from_cfg_checkpoint(tmp_path):
@@ -289,8 +289,9 @@ def test_generate_var_gft_and_cfg(exported, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--cfg-scale", "2"], "VAR takes --cfg"),
-    (["--cfg", "-1"], "cfg"),
+    (["--cfg-scale", "2", "--cfg", "1"], "not both"),
+    (["--cfg-schedule", "linear"], "give --cfg-scale too"),
+    (["--steps", "4"], "--steps does not apply to var models"),
     (["--beta", "1.5"], "beta must lie in [0, 1]"),
 ])
 def test_generate_var_bad_input(exported, tmp_path, capsys, args, message):
@@ -345,7 +346,7 @@ def test_beta_on_cfg_model_and_bad_cfg():
     with pytest.raises(GFTError, match="no β input"):
         sample(tiny(beta_embed=False), torch.tensor([0]), beta=0.5)
     with pytest.raises(GFTError, match="cfg_schedule"):
-        sample(tiny(), torch.tensor([0]), cfg=1.0, cfg_schedule="cosine")
+        sample(tiny(), torch.tensor([0]), cfg_scale=2.0, cfg_schedule="cosine")
     with pytest.raises(GFTError, match="class id 10"):
         sample(tiny(), torch.tensor([10]), beta=0.5)
 
@@ -418,7 +419,7 @@ def official_var_logits(sd, vae, labels, maps, patch_nums):
 @pytest.fixture(scope="module")
 def official_var():
     """Random weights in the official layouts: VAR-d2 at VAR's 256px schedule, and a narrow VQVAE."""
-    from gft_tokens.io.var import PATCH_NUMS, var_layout, vqvae_layout
+    from gft_tokens.families.var.importer import PATCH_NUMS, var_layout, vqvae_layout
 
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(s, generator=g) * 0.1
@@ -431,7 +432,7 @@ def official_var():
 
 
 def test_official_var_import_equals_vars_forward(official_var, tmp_path):
-    from gft_tokens.io import import_checkpoint
+    from gft_tokens.importers import import_checkpoint
 
     sd, vae, patch_nums = official_var
     torch.save(sd, tmp_path / "var_d2.pth")
@@ -460,7 +461,7 @@ def test_official_var_import_equals_vars_forward(official_var, tmp_path):
 
 
 def test_official_var_import_errors(official_var, tmp_path):
-    from gft_tokens.io import convert_state_dict
+    from gft_tokens.importers import convert_state_dict
 
     sd, vae, _ = official_var
     with pytest.raises(GFTError, match="reads its inputs through the VQVAE"):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ..errors import GFTError
-from ..io import atomic_file
+from ..fs import atomic_file
 from .shapes import ShapesDataset, fingerprint
 
 

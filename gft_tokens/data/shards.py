@@ -279,7 +279,7 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
     """
     import webdataset as wds
 
-    from ..io import atomic_dir
+    from ..fs import atomic_dir
 
     if shard_size <= 0:
         raise GFTError(f"shard size must be positive, got {shard_size}")

@@ -49,13 +49,12 @@ from .evaluate import Reference, evaluate_images, images_reference, load_samples
 from .features import ExtractorOutput, FeatureExtractor, extract_all, load_extractor, register_extractor
 from .metrics import (class_accuracy, fid_from_features, frechet_distance, gaussian_stats, inception_score,
                       precision_recall)
-from .nfe import ForwardCounter
 from .probe import ShapesProbe
 
 DEFAULT_EXTRACTOR = "tokenizers/shapes-probe"
 
 __all__ = [
-    "DEFAULT_EXTRACTOR", "ExtractorOutput", "FeatureExtractor", "ForwardCounter", "Reference", "ShapesProbe",
+    "DEFAULT_EXTRACTOR", "ExtractorOutput", "FeatureExtractor", "Reference", "ShapesProbe",
     "class_accuracy", "evaluate_images", "extract_all", "fid_from_features", "frechet_distance", "gaussian_stats",
     "images_reference", "inception_score", "load_extractor", "load_samples", "precision_recall", "register_extractor",
     "shapes_reference",

@@ -20,7 +20,7 @@ from ..data.codes import cache_dir
 from ..data.shapes import SUPPORTED_SIZES, heldout
 from ..data.shapes import fingerprint as data_fingerprint
 from ..errors import GFTError
-from ..io import atomic_file
+from ..fs import atomic_file
 from . import metrics as M
 from .features import FeatureExtractor, extract_all
 

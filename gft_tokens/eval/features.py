@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import GFTError
-from ..io import read_config_dict
+from ..fs import read_config_dict
 
 
 @dataclass

@@ -28,7 +28,7 @@ from transformers import PretrainedConfig
 from ..config import opt, to_dict
 from ..data.shapes import NUM_CLASSES, ShapesDataset, heldout
 from ..errors import GFTError
-from ..io import GFTPreTrainedModel
+from ..pretrained import GFTPreTrainedModel
 from .features import ExtractorOutput, register_extractor
 
 PROBE_SEED = 2_000_029  # the probe's training split: neither the generators' (0) nor the held-out one

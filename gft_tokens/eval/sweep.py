@@ -1,8 +1,8 @@
 """Guidance sweeps: sample checkpoints over β (GFT) or the CFG scale w, score every setting, tabulate and plot.
 
-Family-agnostic: checkpoints are opened with :func:`gft_tokens.models.load_model` and sampled with
-:func:`gft_tokens.sampling.sample_images`, so any registered model family sweeps the same way. Network
-evaluations per image (NFE) are counted with :class:`~gft_tokens.eval.nfe.ForwardCounter` while sampling.
+Family-agnostic: checkpoints are opened with :func:`gft_tokens.families.load_model` and sampled with
+:func:`gft_tokens.families.sample_images`, so any registered model family sweeps the same way. Network
+evaluations per image (NFE) are the samplers' own count (:class:`~gft_tokens.sampling.SamplingStats`).
 
 Besides the generator rows, two *floor* rows put the numbers in scale: ``data`` (real images of the generators'
 training split, scored like samples: the best any generator can do at this N) and ``vq-recon`` (those images
@@ -23,14 +23,14 @@ import torch
 
 from ..data.shapes import CLASS_NAMES, ShapesDataset
 from ..errors import GFTError
-from ..io import atomic_file
-from ..models import family_of, load_model
-from ..sampling import check_tokenizer_matches, sample_images
+from ..fs import atomic_file
+from ..families import check_tokenizer_matches, family_of, load_model, sample_images
+from ..sampling import SamplingStats
 from ..tokenizers import load_tokenizer
 from ..viz import grid, labelled_panels, png_bytes, to_uint8
 from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, shapes_reference
 from .features import FeatureExtractor
-from .nfe import ForwardCounter
+from .spread import DEFAULT_BOOTSTRAP, bootstrap_spread, verdict
 
 DEFAULT_BETAS = (1.0, 0.8, 0.66, 0.5, 0.4, 0.33, 0.25)
 DEFAULT_CFG_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -75,18 +75,22 @@ def guidance_equivalent(method: str, value: float) -> float:
 
 @torch.no_grad()
 def sample_setting(model, tokenizer, method: str, value: float, labels: torch.Tensor, batch_size: int, seed: int,
-                   **sampling) -> tuple[np.ndarray, float, float]:
-    """Sample one setting: images uint8 (N, H, W, 3), measured network evaluations per image, seconds."""
-    key = "beta" if method == "gft" else "cfg_scale"
+                   family_options: dict | None = None, **sampling) -> tuple[np.ndarray, SamplingStats, float]:
+    """Sample one setting: images uint8 (N, H, W, 3), the sampler's cost counts, seconds.
+
+    ``family_options`` (``cfg_schedule``, ``steps`` …; None values = the sampler's defaults) are checked against
+    the model's family; ``sampling`` (temperature, top-k, top-p) go to every sampler."""
+    guidance = {"beta": value} if method == "gft" else {"cfg_scale": value}
+    kwargs = family_of(model).sampling_kwargs(**guidance, **(family_options or {}))
     g = torch.Generator().manual_seed(seed)
+    stats = SamplingStats()
     chunks = []
     t0 = time.perf_counter()
-    with ForwardCounter(model) as counter:
-        for i in range(0, len(labels), batch_size):
-            chunks.append(sample_images(model, tokenizer, labels[i:i + batch_size], generator=g, **{key: value},
-                                        **sampling))
+    for i in range(0, len(labels), batch_size):
+        chunks.append(sample_images(model, tokenizer, labels[i:i + batch_size], generator=g, stats=stats,
+                                    **kwargs, **sampling))
     seconds = time.perf_counter() - t0
-    return to_uint8(torch.cat(chunks)), counter.per_image(len(labels)), seconds
+    return to_uint8(torch.cat(chunks)), stats, seconds
 
 
 def _fmt_setting(method: str, value: float) -> str:
@@ -118,10 +122,13 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
               ref_size: int = DEFAULT_REF_SIZE, family: str | None = None, betas=DEFAULT_BETAS, cfg_scales=DEFAULT_CFG_SCALES, n_per_class: int = 100,
               batch_size: int = 250, seed: int = 0, samples_dir: Path | None = None, floors: bool = True,
               resume: bool = False, grid_per_class: int = 8, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              log=print) -> dict:
+              family_options: dict | None = None, bootstrap: int = DEFAULT_BOOTSTRAP, log=print) -> dict:
     """Sample and score every (run, setting); write ``results.json``, ``results.md`` and the plots in ``out``.
 
     ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size.
+    ``family_options`` (``cfg_schedule``, ``steps``, ``order`` …) go to every model's sampler, checked against its
+    family first. ``bootstrap`` resamples of each setting's samples give ``fid_std`` and ``class_accuracy_std``
+    (0: no spreads); the GFT-vs-CFG comparison calls a difference a win or a loss only outside them.
 
     ``results.json`` is rewritten after every setting, so an interrupted sweep keeps what it finished and
     ``resume=True`` skips settings already scored with the same options.
@@ -144,9 +151,10 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     models = {}
     for spec in runs:
         model = load_model(spec.ckpt)
-        fam = family_of(model.config.model_type)
+        fam = family_of(model).name
         if family is not None and fam != family:
             raise GFTError(f"{spec.ckpt} is a {fam!r} model, not {family!r} (--model)")
+        family_of(model).sampling_kwargs(**(family_options or {}))  # an option its family does not take fails now
         has_beta = getattr(model, "beta_embedder", None) is not None
         if spec.method == "gft" and not has_beta:
             raise GFTError(f"{spec.ckpt} has no β input (trained with the CFG objective): sweep it with --cfg")
@@ -164,8 +172,10 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
         reference = shapes_reference(extractor, n=ref_size, size=first_tok.image_size)
 
     out.mkdir(parents=True, exist_ok=True)
+    family_options = {k: v for k, v in (family_options or {}).items() if v is not None}
     options = {"n_per_class": n_per_class, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-               "extractor": extractor.fingerprint, "reference": reference.description}
+               **family_options, "bootstrap": bootstrap, "extractor": extractor.fingerprint,
+               "reference": reference.description}
     results_path = out / "results.json"
     previous = []
     if resume and results_path.is_file():
@@ -200,8 +210,9 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
             if (spec.name, digest, setting) in done:
                 rows.append(done[(spec.name, digest, setting)])
                 continue
-            images, nfe, seconds = sample_setting(model, tokenizer, spec.method, value, labels, batch_size, seed,
-                                                  temperature=temperature, top_k=top_k, top_p=top_p)
+            images, stats, seconds = sample_setting(model, tokenizer, spec.method, value, labels, batch_size, seed,
+                                                    family_options, temperature=temperature, top_k=top_k, top_p=top_p)
+            nfe = stats.nfe_per_image
             if samples_dir is not None:
                 path = Path(samples_dir) / spec.name / f"{spec.method}_{value:g}.npz"
                 with atomic_file(path) as fh:
@@ -209,9 +220,12 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
                                         beta=np.float32(value if spec.method == "gft" else np.nan),
                                         cfg_scale=np.float32(value if spec.method == "cfg" else np.nan))
             metrics = evaluate_images(images, labels.numpy(), extractor, reference, seed=seed)
+            if bootstrap:
+                spread = bootstrap_spread(images, labels.numpy(), extractor, reference, bootstrap, seed)
+                metrics.update(fid_std=spread["fid_std"], class_accuracy_std=spread["class_accuracy_std"])
             row = {"run": spec.name, "ckpt": spec.ckpt, "ckpt_sha256": digest, "method": spec.method, "setting": setting, "value": value,
                    "w_equiv": guidance_equivalent(spec.method, value), "nfe_per_image": nfe,
-                   "s_per_image": seconds / len(labels), **metrics}
+                   "head_evals_per_image": stats.head_evals_per_image, "s_per_image": seconds / len(labels), **metrics}
             rows.append(row)
             save()
             log(f"{spec.name:>14s} {setting:>7s}: FID {row['fid']:.3f}  IS {row['is']:.3f}  "
@@ -219,7 +233,7 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
                 f"NFE/img {nfe:g}  ({seconds:.0f}s)")
         best = min((r for r in rows if r["run"] == spec.name), key=lambda r: r["fid"])
         _save_best_grid(out / f"best_{spec.name}.png", model, tokenizer, spec, best, num_classes, seed,
-                        grid_per_class, temperature=temperature, top_k=top_k, top_p=top_p)
+                        grid_per_class, family_options, temperature=temperature, top_k=top_k, top_p=top_p)
 
     result = {**meta, "rows": rows, "comparison": comparison(rows)}
     _save_json(results_path, result)
@@ -229,9 +243,10 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
 
 
 def _save_best_grid(path: Path, model, tokenizer, spec: RunSpec, row: dict, num_classes: int, seed: int,
-                    per_class: int, **sampling) -> None:
+                    per_class: int, family_options: dict | None = None, **sampling) -> None:
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], labels, 250, seed + 1, **sampling)
+    images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], labels, 250, seed + 1, family_options,
+                                  **sampling)
     names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) else str(c) for c in range(num_classes)]
     panel = grid(images, nrow=per_class, scale=3)
     fig = labelled_panels([panel], [f"{spec.name} {row['setting']} (FID {row['fid']:.2f})"], names,
@@ -247,11 +262,19 @@ def _f(v, digits=3, pct=False) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.{digits}f}"
 
 
+def _pm(v, std, digits=3, pct=False) -> str:
+    """``v ± std`` (std omitted when unknown)."""
+    if std is None or v is None:
+        return _f(v, digits, pct)
+    return f"{_f(v, digits, pct)} ± {_f(std, digits, pct)}"
+
+
 def _row_md(r: dict) -> str:
     nfe = "–" if r["method"] == "reference" else f"{r['nfe_per_image']:g}"
     spi = "–" if r.get("s_per_image") is None else f"{1000 * r['s_per_image']:.1f}"
-    return (f"| {r['run']} | {r['setting'] or '–'} | {_f(r['fid'])} | {_f(r['is'])} | {_f(r['precision'])} | "
-            f"{_f(r['recall'])} | {_f(r['class_accuracy'], pct=True)} | {nfe} | {spi} |")
+    return (f"| {r['run']} | {r['setting'] or '–'} | {_pm(r['fid'], r.get('fid_std'), 2)} | {_f(r['is'])} | "
+            f"{_f(r['precision'])} | {_f(r['recall'])} | "
+            f"{_pm(r['class_accuracy'], r.get('class_accuracy_std'), pct=True)} | {nfe} | {spi} |")
 
 
 HEADER = ("| model | setting | FID ↓ | IS ↑ | precision ↑ | recall ↑ | class acc. % ↑ | NFE / image | ms / image |\n"
@@ -276,7 +299,11 @@ def comparison(rows: list[dict], fid_ratio: float = 1.05, acc_points: float = 1.
     for b in best.values():
         if b["method"] != "gft":
             continue
+        acc_std = [r.get("class_accuracy_std") for r in (b, cfg)]
         checks.append({
+            "fid_verdict": verdict(b["fid"], b.get("fid_std"), cfg["fid"], cfg.get("fid_std")),
+            "acc_verdict": verdict(b["class_accuracy"], acc_std[0], cfg["class_accuracy"], acc_std[1],
+                                   lower_is_better=False) if b["class_accuracy"] is not None else "tie",
             "run": b["run"], "cfg_run": cfg["run"], "fid_ratio": b["fid"] / cfg["fid"] if cfg["fid"] > 0 else math.inf,
             "fid_ok": b["fid"] <= fid_ratio * cfg["fid"],
             "acc_diff_points": 100 * (b["class_accuracy"] - cfg["class_accuracy"]),
@@ -295,10 +322,11 @@ def markdown_report(result: dict) -> str:
         "# Guidance sweep",
         "",
         f"{n} samples per class per setting, sampling temperature {o['temperature']:g}, top-k {o['top_k']}, "
-        f"top-p {o['top_p']:g}, seed {o['seed']}. Features: `{o['extractor']}`; reference: "
+        f"top-p {o['top_p']:g}, seed {o['seed']}. FID and accuracy ± one standard deviation over "
+        f"{o.get('bootstrap', 0)} bootstrap resamples of the samples (reference fixed). Features: `{o['extractor']}`; reference: "
         f"{o['reference'].get('n')} images of `{o['reference'].get('source')}`. Precision/recall: k-NN manifolds, "
         f"k = 3, on equal-sized sets. NFE / image = network evaluations per image, counted while sampling "
-        f"(rows through the output head ÷ images). ms / image: wall time of sampling on a shared CPU (noisy).",
+        f"(transformer rows ÷ images, as the sampler counts them; CFG counts both halves). ms / image: wall time of sampling on a shared CPU (noisy).",
         "",
         "## Best FID per model",
         "",
@@ -310,12 +338,15 @@ def markdown_report(result: dict) -> str:
     checks = comparison(rows)
     if checks:
         lines += ["## GFT vs CFG at their best FID", "",
-                  "| GFT model | FID / CFG FID (goal ≤ 1.05) | class acc. − CFG (points, goal ≥ −1) | NFE / CFG NFE (goal ≤ 0.5) |",
-                  "|---|---|---|---|"]
+                  "Verdicts count a difference only beyond 2 standard deviations of it (bootstrap spreads).", "",
+                  "| GFT model | FID / CFG FID (goal ≤ 1.05) | FID verdict | class acc. − CFG (points, goal ≥ −1) | "
+                  "accuracy verdict | NFE / CFG NFE (goal ≤ 0.5) |",
+                  "|---|---|---|---|---|---|"]
         for c in checks:
             mark = lambda ok: "✅" if ok else "❌"  # noqa: E731
-            lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} {mark(c['fid_ok'])} | "
-                         f"{c['acc_diff_points']:+.1f} {mark(c['acc_ok'])} | {c['nfe_ratio']:.2f} {mark(c['nfe_ok'])} |")
+            lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} {mark(c['fid_ok'])} | {c['fid_verdict']} | "
+                         f"{c['acc_diff_points']:+.1f} {mark(c['acc_ok'])} | {c['acc_verdict']} | "
+                         f"{c['nfe_ratio']:.2f} {mark(c['nfe_ok'])} |")
         lines.append("")
     # matched settings: one line per CFG-equivalent scale, every run side by side
     runs = list(dict.fromkeys(r["run"] for r in rows if r["method"] != "reference"))

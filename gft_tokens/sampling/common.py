@@ -1,8 +1,19 @@
-"""Shared pieces of the samplers: logit filtering, token draws, and the guidance arguments."""
+"""Shared pieces of the samplers: logit filtering, token draws, the guidance arguments and the cost counter.
+
+Every family's sampler takes the same guidance arguments: ``beta`` (GFT: the sampling model alone, one network
+pass per step) or ``cfg_scale`` w in LlamaGen's convention ``u + w·(c − u)`` (two passes, batched as 2B rows),
+with ``cfg_schedule`` (``"constant"``, or a family's ``"linear"`` ramp) where the family supports one. ``cfg_scale=1``
+is the conditional model and runs one pass. A family converts w to its own convention inside (VAR: t = w − 1).
+
+Every sampler counts its own cost in a :class:`SamplingStats` passed as ``stats=``: one *network evaluation* is one
+row of the batch through the transformer once, so per image a GFT sampler costs one per step and a CFG sampler
+two; MAR's diffusion-head evaluations are counted apart.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -82,16 +93,56 @@ def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
         raise GFTError(f"top_p must lie in (0, 1] (1 disables it), got {top_p}")
 
 
+@dataclass
+class SamplingStats:
+    """What sampling cost, accumulated over calls: pass one to a sampler as ``stats=`` and read it afterwards.
+
+    ``forward_rows``: Σ over transformer passes of the rows in the pass (2B per pass under CFG); ``passes``: the
+    number of transformer calls; ``head_rows``: rows through a diffusion head (MAR: every denoising step of every
+    drawn token, both CFG halves), 0 for categorical heads; ``images``: images sampled.
+    """
+
+    images: int = 0
+    forward_rows: int = 0
+    passes: int = 0
+    head_rows: int = 0
+
+    def network(self, rows: int) -> None:
+        """Record one transformer pass over ``rows`` rows."""
+        self.forward_rows += int(rows)
+        self.passes += 1
+
+    @property
+    def nfe_per_image(self) -> float:
+        """Network evaluations per image: transformer rows ÷ images (CFG counts both halves)."""
+        return self.forward_rows / self.images if self.images else 0.0
+
+    @property
+    def head_evals_per_image(self) -> float:
+        return self.head_rows / self.images if self.images else 0.0
+
+    def as_dict(self) -> dict:
+        return {"images": self.images, "passes": self.passes, "nfe_per_image": self.nfe_per_image,
+                "head_evals_per_image": self.head_evals_per_image}
+
+
+def check_cfg_schedule(cfg_schedule: str, supported: tuple[str, ...]) -> None:
+    if cfg_schedule not in supported:
+        raise GFTError(f"cfg_schedule must be one of {list(supported)} for this model family, got {cfg_schedule!r}")
+
+
 def resolve_guidance(batch: int, beta, cfg_scale, has_beta_input: bool, device) -> tuple[torch.Tensor | None, float | None]:
     """Validate the guidance arguments of a sampler: returns (β tensor or None, cfg_scale or None).
 
     GFT mode: ``beta`` given (one pass). CFG mode: ``cfg_scale`` given (two passes); a β-model then uses ``beta``
-    (default 1) for its conditional rows and 1 for its unconditional rows. Neither: the conditional model
-    (β = 1 for a β-model).
+    (default 1) for its conditional rows and 1 for its unconditional rows. Neither, or ``cfg_scale=1``: the
+    conditional model, one pass (β = 1 for a β-model).
     """
     if cfg_scale is not None:
-        if not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale)):
+        if isinstance(cfg_scale, bool) or not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale)):
             raise GFTError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+        if cfg_scale == 1:
+            cfg_scale = None  # u + 1·(c − u) = c: the conditional model, one pass
     if beta is not None and not has_beta_input:
         raise GFTError("this model has no β input (it was trained with the CFG objective): use cfg_scale instead")
     if has_beta_input:

@@ -14,7 +14,7 @@ Multi-scale (VAR) tokenizers encode to a list of per-scale maps and decode from 
 from __future__ import annotations
 
 from ..errors import GFTError
-from ..io import read_config_dict
+from ..fs import read_config_dict
 from .kl import KLConfig, KLTokenizer
 from .llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer

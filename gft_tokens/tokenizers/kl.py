@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GFTError
-from ..io import GFTPreTrainedModel
+from ..pretrained import GFTPreTrainedModel
 from .vq import AutoencoderConfig, Decoder, Encoder, GridTokenizer, check_images
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 from ..errors import GFTError
-from ..io import GFTPreTrainedModel
+from ..pretrained import GFTPreTrainedModel
 from .vq import GridTokenizer, check_codes, check_images
 
 # ch_mult per published tokenizer (FoundationVision/LlamaGen, VQ_models)

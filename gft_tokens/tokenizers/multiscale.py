@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from vector_quantize_pytorch import VectorQuantize
 
 from ..errors import GFTError
-from ..io import GFTPreTrainedModel
+from ..pretrained import GFTPreTrainedModel
 from .vq import AutoencoderConfig, Decoder, GridTokenizer, Encoder, check_codes, check_images
 
 DEFAULT_SCALES = (1, 2, 3, 4, 6, 8)

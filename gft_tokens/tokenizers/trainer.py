@@ -7,7 +7,6 @@ A YAML recipe names the tokenizer ``type`` (a config ``model_type``), its ``mode
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ from tqdm.auto import tqdm
 from ..config import check_keys, opt, to_dict
 from ..data.shapes import ShapesDataset, heldout
 from ..errors import GFTError
-from ..io import build_config, check_writable, load_safetensors, load_torch_file
+from ..optim import warmup_cosine
+from ..pretrained import build_config
+from ..fs import check_writable, load_safetensors, load_torch_file
 from . import TOKENIZER_CLASSES
 from .losses import codebook_usage, psnr, reconstruction_loss
 
@@ -69,7 +70,7 @@ def _save_checkpoint(root: Path, step: int, tok, optimizer, gen: torch.Generator
 
 def _load_checkpoint(directory: Path, tok, optimizer, gen: torch.Generator, state: dict) -> dict:
     """Restore a checkpoint written by :func:`_save_checkpoint`; returns its training state (step, log)."""
-    from ..io import check_state_dict
+    from ..pretrained import check_state_dict
 
     try:
         saved = json.loads((directory / "training_state.json").read_text())
@@ -112,10 +113,7 @@ def split_recipe(recipe: dict, where: str) -> tuple[str, dict, dict]:
 
 
 def _lr_at(step: int, o: TokenizerTrainOptions) -> float:
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)
-    return o.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return o.lr * warmup_cosine(step, o.steps, o.warmup_steps, 0.1)
 
 
 @torch.no_grad()

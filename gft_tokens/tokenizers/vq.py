@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 from vector_quantize_pytorch import VectorQuantize
 
 from ..errors import GFTError
-from ..io import GFTPreTrainedModel
+from ..pretrained import GFTPreTrainedModel
 
 
 class AutoencoderConfig(PretrainedConfig):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import GFTError
-from ..io import fsync_path, atomic_file
+from ..fs import fsync_path, atomic_file
 
 LATEST = "latest"
 MANIFEST = "manifest.json"

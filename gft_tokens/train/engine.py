@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import GFTError
-from ..io import load_torch_file, unsafe_pickle_globals
+from ..fs import load_torch_file, unsafe_pickle_globals
 from . import checkpoints as CK
 from .checkpoints import LATEST, checkpoint_tags, latest_tag, stale_partial_dirs, tag_of  # noqa: F401 (re-exported)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"  # package data (configs/deepspeed links here)
 
 
 def _free_port() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,13 @@ from ..config import opt, to_dict
 from ..data.codes import batch_indices, shapes_codes
 from ..data.shards import ShardStream
 from ..errors import GFTError
-from ..io import atomic_file, check_writable, config_replace
+from ..fs import atomic_file, check_writable
+from ..pretrained import config_replace
+from ..optim import warmup_cosine
 from ..objectives import OBJECTIVES  # noqa: F401  (the families look objectives up in this same dict)
 from ..tokenizers import load_tokenizer
 from . import engine as E
-from .families import FAMILY_ADAPTERS, Family
+from ..families import Family, get_family
 
 
 @dataclass
@@ -71,13 +72,7 @@ RESUME_KEYS = ("preset", "objective", "tokenizer", "data", "train_images", "batc
 
 
 def _lr_lambda(o: TrainOptions):
-    def f(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / max(1, o.warmup_steps)
-        progress = min(1.0, (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
+    return lambda step: warmup_cosine(step, o.steps, o.warmup_steps, o.min_lr_ratio)
 
 
 class _Log:
@@ -138,7 +133,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
         init_state = src.state_dict()
         del src
     else:
-        config = family.config(o.preset, tokenizer, num_classes, overrides)
+        config = family.adapter.config(o.preset, tokenizer, num_classes, overrides)
         config.tokenizer = {**tokenizer.describe(), "path": o.tokenizer}
         if o.objective == "cfg" and "beta_embed" not in overrides:
             config.beta_embed = False
@@ -147,7 +142,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
         model = cls(config)
     if init_state is not None:
         _load_init_state(model, init_state, E.zero_stage(ds_cfg), rank, o.init_from)
-    family.prepare_model(model, tokenizer)
+    family.adapter.prepare_model(model, tokenizer)
     if o.grad_checkpointing:
         model.gradient_checkpointing = True
     return model
@@ -179,9 +174,8 @@ def train(family_name: str, o: TrainOptions) -> dict:
     import deepspeed
     from tqdm.auto import tqdm
 
-    if family_name not in FAMILY_ADAPTERS:
-        raise GFTError(f"unknown model family {family_name!r}")
-    family = FAMILY_ADAPTERS[family_name]
+    family = get_family(family_name)
+    adapter = family.adapter
     family.check_options(None if o.init_from else o.preset, o.model)  # before any data is read
     if o.threads:
         torch.set_num_threads(o.threads)
@@ -189,7 +183,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
         raise GFTError("steps, batch_size and grad_accum must be positive")
     if not 0.0 <= o.drop_prob < 1.0:
         raise GFTError(f"drop_prob must lie in [0, 1), got {o.drop_prob}")
-    if o.data != "shapes" and family.inputs != "codes":
+    if o.data != "shapes" and adapter.inputs != "codes":
         raise GFTError(f"the {family_name} family trains on continuous latents of the embedded shapes data only "
                        f"(--data shapes); shard data holds integer codes or images encoded to codes")
 
@@ -220,9 +214,9 @@ def train(family_name: str, o: TrainOptions) -> dict:
     if num_classes > model.config.num_classes:
         raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
     if stream is None:
-        family.check_data(data, model.config)
+        adapter.check_data(data, model.config)
     else:
-        stream.expect(model.config.vocab_size, family.token_shape(model.config))
+        stream.expect(model.config.vocab_size, adapter.token_shape(model.config))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     held = torch.zeros(world, dtype=torch.long)  # parameters this rank stores (its ZeRO-3 partition)
     held[rank] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
@@ -299,7 +293,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
             else:
                 codes, labels = stream.next_batch()
             codes, labels = codes.to(engine.device), labels.to(engine.device)
-            inputs = family.loss_inputs(module, codes, gen)
+            inputs = adapter.loss_inputs(module, codes, gen)
             result = objective(inputs.logits_fn, inputs.targets, labels, null_cond=module.null_class,
                                module=module, drop_prob=o.drop_prob, generator=gen, loss_mask=inputs.loss_mask,
                                want_own=log_step, beta=beta.to(engine.device), drop=drop.to(engine.device))
@@ -374,7 +368,6 @@ def train_cli(family_name: str, options_cls: type = TrainOptions, argv=None, *, 
     import argparse
 
     from ..config import add_arguments, load_yaml, resolve
-    from ..models import FAMILIES
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of training options (keys as the flags, with _), "
@@ -384,7 +377,7 @@ def train_cli(family_name: str, options_cls: type = TrainOptions, argv=None, *, 
     add_arguments(parser, options_cls, "training options")
     args = parser.parse_args(argv)
     if args.list_presets:
-        for name, dims in FAMILIES[family_name]["presets"].items():
+        for name, dims in get_family(family_name).presets.items():
             print(describe_preset(name, dims))
         return None
     options = resolve(options_cls, load_yaml(args.config) if args.config else None, args,

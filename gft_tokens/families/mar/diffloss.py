@@ -1,4 +1,5 @@
-"""MAR's per-token diffusion head ("DiffLoss") and its training objectives: GFT on ε, and the CFG baseline.
+"""MAR's per-token diffusion head ("DiffLoss"); its training objective is the GFT skeleton of
+:mod:`gft_tokens.objectives` with the ε-MSE plug-in (:data:`~gft_tokens.objectives.EPS_MSE`).
 
 A continuous token x (C channels) is modelled by a small denoising MLP conditioned on the transformer's output z
 for that token (Li et al. 2024, "Autoregressive Image Generation without Vector Quantization"):
@@ -29,14 +30,12 @@ one MLP pass per denoising step) and corresponds to CFG's ``u + (1/β)·(c − u
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..errors import GFTError
-from ..nn import Linear, sinusoidal_embedding
-from ..objectives import ObjectiveOutput, drop_condition, eval_mode
+from ...errors import GFTError
+from ...nn import Linear, sinusoidal_embedding
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -228,84 +227,3 @@ class DiffusionHead(nn.Module):
             return uncond + cfg_scale * (cond - uncond)
 
         return self.gen_diffusion.sample_loop(guided, noise, temperature, generator, clip_x0)
-
-
-# -----------------------------------------------------------------------------------------------------------------
-# Objectives: GFT on ε and the CFG baseline (same call signature as gft_tokens.objectives.gft_loss / cfg_loss)
-# -----------------------------------------------------------------------------------------------------------------
-@dataclass
-class DiffusionInputs:
-    """What a continuous model's ``z_fn(cond, beta)`` returns: per-token conditions (B, N, D) and the head."""
-
-    z: torch.Tensor
-    head: DiffusionHead
-
-
-def _check_latent_targets(targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if targets.ndim != 3 or not targets.is_floating_point():
-        raise GFTError(f"targets must be float latents (B, N, C), got {tuple(targets.shape)} {targets.dtype}")
-    if mask is None:
-        return torch.ones(targets.shape[:2], dtype=torch.bool, device=targets.device)
-    if mask.shape != targets.shape[:2]:
-        raise GFTError(f"loss mask shape {tuple(mask.shape)} does not match targets {tuple(targets.shape[:2])}")
-    return mask
-
-
-def _noised_rows(head: DiffusionHead, targets: torch.Tensor, mask: torch.Tensor, generator):
-    """Rows of the masked tokens, repeated ``batch_mul`` times, with one (t, ε, x_t) each."""
-    x0 = targets[mask].float().repeat(head.batch_mul, 1)
-    t = torch.randint(head.train_diffusion.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    return t, noise, head.train_diffusion.q_sample(x0, t, noise)
-
-
-def _rows(z: torch.Tensor, mask: torch.Tensor, batch_mul: int) -> torch.Tensor:
-    return z[mask].repeat(batch_mul, 1)
-
-
-def gft_eps_loss(z_fn, targets: torch.Tensor, cond: torch.Tensor, *, null_cond, module: nn.Module | None = None,
-                 drop_prob: float = 0.1, beta: torch.Tensor | None = None, drop: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, loss_mask: torch.Tensor | None = None,
-                 want_own: bool = True, **_unused) -> ObjectiveOutput:
-    """GFT on ε for one batch: targets are latents (B, N, C), ``z_fn(cond, beta) -> DiffusionInputs``; the loss
-    counts the positions of ``loss_mask`` (B, N) only. ``cond_loss`` is the MSE of ε_s alone."""
-    mask = _check_latent_targets(targets, loss_mask)
-    bsz, device = targets.shape[0], targets.device
-    if beta is None:
-        beta = torch.rand(bsz, generator=generator).to(device)
-    if drop is None:
-        drop = (torch.rand(bsz, generator=generator) < drop_prob).to(device)
-    beta, drop = beta.float().to(device), drop.to(device)
-    cond_in = drop_condition(cond, null_cond, drop)
-    beta_in = torch.where(drop, torch.ones_like(beta), beta)
-
-    with torch.no_grad(), eval_mode(module):
-        out_u = z_fn(drop_condition(cond, null_cond, torch.ones_like(drop)), torch.ones_like(beta))
-        head = out_u.head
-        t, noise, x_t = _noised_rows(head, targets, mask, generator)
-        eps_u = head(x_t, t, _rows(out_u.z, mask, head.batch_mul))
-    out_s = z_fn(cond_in, beta_in)
-    eps_s = out_s.head(x_t, t, _rows(out_s.z, mask, head.batch_mul))
-    b = _rows(beta[:, None, None].expand(-1, targets.shape[1], 1), mask, head.batch_mul)  # (R, 1)
-    eps_c = b * eps_s + (1.0 - b) * eps_u.detach()
-    loss = (eps_c - noise).pow(2).mean()
-    own = (eps_s.detach() - noise).pow(2).mean() if want_own else torch.tensor(float("nan"))
-    return ObjectiveOutput(loss, own, beta, drop)
-
-
-def cfg_eps_loss(z_fn, targets: torch.Tensor, cond: torch.Tensor, *, null_cond, drop_prob: float = 0.1,
-                 drop: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 loss_mask: torch.Tensor | None = None, want_own: bool = True, **_unused) -> ObjectiveOutput:
-    """The CFG baseline: MAR's loss ‖ε(x_t | z(c')) − ε‖² with label dropout (β is not an input)."""
-    mask = _check_latent_targets(targets, loss_mask)
-    bsz, device = targets.shape[0], targets.device
-    if drop is None:
-        drop = (torch.rand(bsz, generator=generator) < drop_prob).to(device)
-    out = z_fn(drop_condition(cond, null_cond, drop.to(device)), None)
-    t, noise, x_t = _noised_rows(out.head, targets, mask, generator)
-    eps = out.head(x_t, t, _rows(out.z, mask, out.head.batch_mul))
-    loss = (eps - noise).pow(2).mean()
-    return ObjectiveOutput(loss, loss.detach(), torch.ones(bsz, device=device), drop)
-
-
-DIFFUSION_OBJECTIVES = {"gft": gft_eps_loss, "cfg": cfg_eps_loss}

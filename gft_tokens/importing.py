@@ -1,27 +1,19 @@
-"""Official-checkpoint importers: published weights → our save format (``config.json`` + ``model.safetensors``).
+"""What an official-checkpoint importer is made of: the :class:`Converted` result, the :class:`Importer` record, and
+reading a checkpoint file without running code (:func:`load_checkpoint_file`, :func:`extract_state_dict`).
 
-An importer is registered under a *format name* and chosen by that name only — never guessed from a file name:
-
-    from gft_tokens.io import import_checkpoint
-    import_checkpoint("llamagen-gpt", "c2i_3B_384.pt", "models/llamagen-3b", grid_size=24)
-
-or ``scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 c2i_3B_384.pt models/llamagen-3b``.
+A leaf below the importers: the converters in ``families/<name>/importer.py`` use it, and
+:mod:`gft_tokens.importers` (the top of the import graph) collects them into the format registry.
 
 Files are read without executing code: safetensors, or ``torch.load(weights_only=True)`` (plus
 ``argparse.Namespace``, which some training scripts store beside the weights and which cannot run code). A pickle
 that needs anything else is refused with a :class:`~gft_tokens.errors.GFTError`. The state dict may be the whole
 file or sit under a container key (``model``, ``module``, ``state_dict``, or the one named by ``key=``); a
 ``module.`` / ``_orig_mod.`` prefix shared by every key (DDP / ``torch.compile``) is removed.
-
-Adding a format: write ``convert(state, **options) -> Converted`` and call :func:`register_importer`. The driver
-checks the converted keys and shapes against the target class built on the meta device (no weights allocated) and
-writes the result atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import pickle
 import re
 import struct
@@ -31,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import GFTError
+from .errors import GFTError
 
 CONTAINER_KEYS = ("model", "module", "state_dict")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -53,22 +45,6 @@ class Importer:
     description: str
     convert: Callable[..., Converted]  # convert(state, **options)
     options: dict[str, str] = field(default_factory=dict)  # keyword options of convert → help text
-
-
-IMPORTERS: dict[str, Importer] = {}
-
-
-def register_importer(importer: Importer) -> None:
-    """Make ``import_checkpoint`` and ``scripts/import_checkpoint.py --format`` know ``importer.name``."""
-    IMPORTERS[importer.name] = importer
-
-
-def get_importer(name: str) -> Importer:
-    if name not in IMPORTERS:
-        close = difflib.get_close_matches(name, IMPORTERS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise GFTError(f"unknown checkpoint format {name!r}{hint}; known: {', '.join(sorted(IMPORTERS))}")
-    return IMPORTERS[name]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,39 +121,3 @@ def extract_state_dict(obj, key: str | None = None, where: str = "checkpoint") -
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return dict(state)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Driver
-# ---------------------------------------------------------------------------------------------------------------
-def convert_state_dict(fmt: str, state: dict[str, torch.Tensor], **options) -> Converted:
-    """Run importer ``fmt`` on an already-loaded official state dict and check the result (no file IO)."""
-    from . import check_state_dict
-
-    importer = get_importer(fmt)
-    unknown = [k for k in options if k not in importer.options]
-    if unknown:
-        raise GFTError(f"format {fmt!r} takes no option {unknown[0]!r}; its options: "
-                       f"{', '.join(importer.options) or 'none'}")
-    converted = importer.convert(state, **options)
-    with torch.device("meta"):
-        target = converted.model_class(converted.config)
-    check_state_dict(target.state_dict(), converted.state, f"the converted {fmt} checkpoint")
-    return converted
-
-
-def import_checkpoint(fmt: str, src: str | Path, out: str | Path | None = None, key: str | None = None,
-                      **options) -> Converted:
-    """Convert the official checkpoint ``src`` of format ``fmt``; write it to ``out`` (atomically) if given.
-
-    ``options`` are the importer's own (``grid_size``, ``preset`` …; see ``IMPORTERS[fmt].options``). Load the
-    result with :func:`gft_tokens.models.load_model` or :func:`gft_tokens.tokenizers.load_tokenizer`.
-    """
-    get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
-    state = extract_state_dict(load_checkpoint_file(src), key=key, where=str(src))
-    converted = convert_state_dict(fmt, state, **options)
-    if out is not None:
-        with torch.device("meta"):
-            target = converted.model_class(converted.config)
-        target.save_pretrained(out, state_dict=converted.state)
-    return converted

@@ -21,13 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..cache import KVCache
-from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
-from ..errors import GFTError
-from ..io import GFTPreTrainedModel
-from ..nn import DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply_rope, rope_2d_table, swiglu_hidden_dim
-from ..objectives import HeadInputs
-from ..tokenizers.vq import check_codes
+from ...cache import KVCache
+from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
+from ...errors import GFTError
+from ...pretrained import GFTPreTrainedModel, preset_config
+from ...nn import DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply_rope, rope_2d_table, swiglu_hidden_dim
+from ...objectives import HeadInputs
+from ...tokenizers.vq import check_codes
 
 _NO_DROPOUT = dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
 
@@ -114,15 +114,7 @@ class LlamaGenConfig(PretrainedConfig):
 
 def llamagen_config(preset: str, **overrides) -> LlamaGenConfig:
     """A :class:`LlamaGenConfig` from a preset name plus overrides (``vocab_size``, ``grid_size`` …)."""
-    if preset not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise GFTError(f"unknown LlamaGen preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
-    from ..io import build_config  # refuses unknown keys, with a did-you-mean
-
-    return build_config(LlamaGenConfig, {**PRESETS[preset], "preset": preset, **overrides}, f"{preset} overrides")
+    return preset_config(LlamaGenConfig, PRESETS, preset, "LlamaGen preset", overrides, strict=True)
 
 
 class Attention(nn.Module):

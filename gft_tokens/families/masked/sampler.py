@@ -28,8 +28,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import GFTError
-from .common import categorical_with_total, check_sampling_args, filter_logits, guided_batch
+from ...errors import GFTError
+from ...nn import eval_mode
+from ...sampling.common import SamplingStats, categorical_with_total, check_sampling_args, filter_logits, guided_batch
 
 ORDERS = ("confidence", "random")
 CFG_SCHEDULES = ("constant", "linear")
@@ -123,7 +124,8 @@ def _gumbel(shape, generator, device) -> torch.Tensor:
 def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_schedule: str = "constant",
            steps: int = 16, order: str = "random", choice_temperature: float = 4.5, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
-           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           stats: SamplingStats | None = None) -> torch.Tensor:
     """Generate image codes (B, N) for class ``labels`` (B,).
 
     Args:
@@ -138,13 +140,12 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         choice_temperature: Gumbel noise scale of the confidence order at the first step, annealed to 0
             (MaskGIT's class-conditional setting: 4.5; 0 picks the most confident tokens).
         callback: called after every step as ``callback(step, codes, mask)`` (copies; mask True = still masked).
+        stats: a :class:`~gft_tokens.sampling.common.SamplingStats` that receives this call's cost.
     """
     check_sampling_args(temperature, top_k, top_p)
     n = model.config.seq_len
     check_masked_sampling_args(steps, order, cfg_schedule, choice_temperature, n)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = model.tok_embeddings.weight.device
         labels, beta, cfg_scale, bsz = guided_batch(model, labels, beta, cfg_scale, device)
         cfg = cfg_scale is not None
@@ -163,6 +164,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                 else:
                     positions = mask.nonzero()[:, 1].view(bsz, remaining)
                 hidden = model.hidden_at(rows(codes), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
+                if stats is not None:
+                    stats.network(labels.shape[0])
                 k = positions.shape[1]
                 w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
                 hidden = hidden.reshape(2, bsz * k, -1) if cfg else hidden.reshape(bsz * k, -1)
@@ -178,6 +181,6 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                 remaining = after
             if callback is not None:
                 callback(step, codes.clone(), mask.clone())
+        if stats is not None:
+            stats.images += bsz
         return codes
-    finally:
-        model.train(was_training)

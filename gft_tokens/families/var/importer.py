@@ -10,7 +10,7 @@ token of all scales (680 for 256px, 2240 for 512px). The VAE is the LDM-style co
 :func:`inspect_var` / :func:`inspect_vqvae` read the sizes from a state dict and check every key and shape
 against :func:`var_layout` / :func:`vqvae_layout`, naming what differs.
 
-The ``var`` format converts VAR-dN into :class:`gft_tokens.models.var.VAR`, whose parameters are VAR's one to one
+The ``var`` format converts VAR-dN into :class:`gft_tokens.families.var.model.VAR`, whose parameters are VAR's one to one
 (``pos_start`` / ``pos_1LC`` / ``lvl_embed`` live under ``pos.``; the recomputable buffers ``lvl_1L``,
 ``attn_bias_for_masking`` and ``zero_k_bias`` are dropped). The transformer reads its inputs through the VQVAE's
 codebook and φ convolutions (VAR's ``idxBl_to_var_input``), so ``vqvae=`` (the released VAE file, or its state
@@ -26,8 +26,8 @@ import re
 
 import torch
 
-from ..errors import GFTError
-from .importers import Converted, Importer, register_importer
+from ...errors import GFTError
+from ...importing import Converted, Importer
 
 PATCH_NUMS = {
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
@@ -214,16 +214,16 @@ def _vqvae_state(vqvae) -> dict[str, torch.Tensor]:
                        "released VAE too (vqvae=PATH, or --vqvae vae_ch160v4096z32.pth)")
     if isinstance(vqvae, dict):
         return vqvae
-    from .importers import extract_state_dict, load_checkpoint_file
+    from ...importing import extract_state_dict, load_checkpoint_file
 
     return extract_state_dict(load_checkpoint_file(vqvae), where=str(vqvae))
 
 
 def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = True,
                 tokenizer: str | None = None) -> Converted:
-    """Official VAR-dN (+ its VQVAE's quantizer) → :class:`gft_tokens.models.var.VAR` with VAR's names."""
-    from ..conditioning import BetaEmbedder
-    from ..models.var import VAR, VARConfig
+    """Official VAR-dN (+ its VQVAE's quantizer) → :class:`gft_tokens.families.var.model.VAR` with VAR's names."""
+    from ...conditioning import BetaEmbedder
+    from .model import VAR, VARConfig
 
     info = inspect_var(state)
     vae = _vqvae_state(vqvae)
@@ -273,10 +273,10 @@ def convert_var_vqvae(state: dict[str, torch.Tensor]) -> Converted:
                    f"converted into one. A VAR transformer imports with it: --format var --vqvae THIS_FILE")
 
 
-register_importer(Importer("var", "VAR-dN transformer (var_d16.pth … var_d36.pth) with the quantizer of its VQVAE "
+VAR_IMPORTER = Importer("var", "VAR-dN transformer (var_d16.pth … var_d36.pth) with the quantizer of its VQVAE "
                                   "(--vqvae)", convert_var,
                            {"vqvae": "the released VQVAE file (vae_ch160v4096z32.pth) or its state dict; required",
                             "beta_embed": "add a zero-initialised β embedder (GFT input; default true)",
-                            "tokenizer": "tokenizer directory to record in the model"}))
-register_importer(Importer("var-vqvae", "VAR's multi-scale VQVAE (vae_ch160v4096z32.pth; layout check only: its "
-                                        "encoder/decoder is not one of this toolkit's)", convert_var_vqvae))
+                            "tokenizer": "tokenizer directory to record in the model"})
+VQVAE_IMPORTER = Importer("var-vqvae", "VAR's multi-scale VQVAE (vae_ch160v4096z32.pth; layout check only: its "
+                                        "encoder/decoder is not one of this toolkit's)", convert_var_vqvae)

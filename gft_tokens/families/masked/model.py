@@ -37,12 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
-from ..errors import GFTError
-from ..io import GFTPreTrainedModel
-from ..nn import Embedding, Linear, OutputHead
-from ..objectives import HeadInputs
-from ..tokenizers.vq import check_codes
+from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
+from ...errors import GFTError
+from ...pretrained import GFTPreTrainedModel, preset_config
+from ...nn import Embedding, Linear, OutputHead
+from ...objectives import HeadInputs
+from ...tokenizers.vq import check_codes
 
 # CPU sizes, trained for minutes: sin-cos positions, no dropout, and a wider mask-ratio draw than MAR's (normal
 # of mean 1, std 0.5, truncated to [0.3, 1]; MAR: std 0.25 on [0.7, 1]). Sampling fixes the last tokens with most of
@@ -133,13 +133,7 @@ class MaskedConfig(PretrainedConfig):
 
 def masked_config(preset: str, **overrides) -> MaskedConfig:
     """A :class:`MaskedConfig` from a preset name plus overrides (``vocab_size``, ``grid_size`` …)."""
-    if preset not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise GFTError(f"unknown masked-model preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
-    return MaskedConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    return preset_config(MaskedConfig, PRESETS, preset, "masked-model preset", overrides)
 
 
 # -----------------------------------------------------------------------------------------------------------------

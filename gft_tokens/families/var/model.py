@@ -36,24 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..cache import KVCache
-from ..conditioning import BetaEmbedder, ClassConditional, embed_condition
-from ..errors import GFTError
-from ..io import GFTPreTrainedModel
-from ..nn import DropPath, Embedding, Linear, OutputHead
-from ..objectives import HeadInputs
-from ..tokenizers.multiscale import (
-    VAR_SCALES_256,
-    apply_phi,
-    check_scales,
-    downsample,
-    flatten_scales,
-    num_phi,
-    phi_indices,
-    split_scales,
-    upsample_to_grid,
-)
-from ..tokenizers.vq import check_codes
+from ...cache import KVCache
+from ...conditioning import BetaEmbedder, ClassConditional, embed_condition
+from ...errors import GFTError
+from ...pretrained import GFTPreTrainedModel, preset_config
+from ...nn import DropPath, Embedding, Linear, OutputHead
+from ...objectives import HeadInputs
+from ...tokenizers.multiscale import VAR_SCALES_256, apply_phi, check_scales, downsample, flatten_scales, num_phi, phi_indices, split_scales, upsample_to_grid
+from ...tokenizers.vq import check_codes
 
 PRESETS: dict[str, dict] = {
     # VAR's released sizes (heads = depth, width = 64·depth); d36-s is the 512px shared-AdaLN model.
@@ -153,13 +143,7 @@ class VARConfig(PretrainedConfig):
 
 def var_config(preset: str, **overrides) -> VARConfig:
     """A :class:`VARConfig` from a preset name plus overrides (``vocab_size``, ``scales`` …)."""
-    if preset not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise GFTError(f"unknown VAR preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
-    return VARConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    return preset_config(VARConfig, PRESETS, preset, "VAR preset", overrides)
 
 
 def scale_bounds(scales) -> list[tuple[int, int]]:

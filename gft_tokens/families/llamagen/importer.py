@@ -1,6 +1,6 @@
 """Importers for FoundationVision/LlamaGen checkpoints: the c2i GPT (GPT-B … GPT-3B, GPT-7B) and the VQ tokenizer.
 
-``llamagen-gpt``: our :class:`~gft_tokens.models.llamagen.LlamaGen` uses the official parameter names, 2D RoPE
+``llamagen-gpt``: our :class:`~gft_tokens.families.llamagen.model.LlamaGen` uses the official parameter names, 2D RoPE
 (class-token rows zero) and SwiGLU sizes, so the weights map one to one. What the weights do not say is supplied or
 detected: the preset (n_head is not visible in the shapes; it is found from n_layer, dim and the FFN width), the
 token grid (``grid_size``: 16 for 256px, 24 for 384px images with VQ-16; required, never guessed from a file
@@ -19,8 +19,8 @@ import re
 
 import torch
 
-from ..errors import GFTError
-from .importers import Converted, Importer, register_importer
+from ...errors import GFTError
+from ...importing import Converted, Importer
 
 GPT_IGNORED = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
 _LAYER = re.compile(r"^layers\.(\d+)\.")
@@ -50,8 +50,8 @@ def gpt_dims(state: dict[str, torch.Tensor]) -> dict:
 
 def fitting_presets(dims: dict) -> list[str]:
     """Presets whose n_layer, dim, FFN width and (MHA) qkv size match ``dims``."""
-    from ..models.llamagen import PRESETS
-    from ..nn import swiglu_hidden_dim
+    from .model import PRESETS
+    from ...nn import swiglu_hidden_dim
 
     out = []
     for name, p in PRESETS.items():
@@ -68,7 +68,7 @@ def _describe(dims: dict) -> str:
 
 
 def _expected_shapes(config) -> dict[str, tuple]:
-    from ..models.llamagen import LlamaGen
+    from .model import LlamaGen
 
     with torch.device("meta"):
         model = LlamaGen(config)
@@ -78,7 +78,7 @@ def _expected_shapes(config) -> dict[str, tuple]:
 def _tokenizer_record(tokenizer: str | None, vocab: int, grid: int) -> dict:
     if tokenizer is None:
         return {"codebook_size": vocab, "grid_size": [grid, grid]}
-    from ..tokenizers import load_tokenizer
+    from ...tokenizers import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     desc = tok.describe()
@@ -89,7 +89,7 @@ def _tokenizer_record(tokenizer: str | None, vocab: int, grid: int) -> dict:
 
 
 def _custom_multiple_of(dim: int, hidden: int) -> int:
-    from ..nn import swiglu_hidden_dim
+    from ...nn import swiglu_hidden_dim
 
     for m in (256, 128, 64, 32, 16, 8, 4, 2, 1):
         if swiglu_hidden_dim(dim, m) == hidden:
@@ -99,8 +99,8 @@ def _custom_multiple_of(dim: int, hidden: int) -> int:
 
 def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None = None, preset: str | None = None,
                          n_head: int | None = None, beta_embed: bool = True, tokenizer: str | None = None) -> Converted:
-    from ..models.llamagen import PRESETS, LlamaGen, LlamaGenConfig
-    from ..conditioning import BetaEmbedder
+    from .model import PRESETS, LlamaGen, LlamaGenConfig
+    from ...conditioning import BetaEmbedder
 
     if grid_size is None:
         raise GFTError("grid_size is required: the token grid is not stored in the weights (LlamaGen with VQ-16: "
@@ -177,7 +177,7 @@ def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None =
 
 
 def convert_llamagen_vq(state: dict[str, torch.Tensor], image_size: int | None = None) -> Converted:
-    from ..tokenizers.llamagen_vq import VQ_PRESETS, LlamaGenVQ, LlamaGenVQConfig
+    from ...tokenizers.llamagen_vq import VQ_PRESETS, LlamaGenVQ, LlamaGenVQConfig
 
     if image_size is None:
         raise GFTError("image_size is required: it sets the token grid the tokenizer reports (LlamaGen c2i: 256 "
@@ -211,7 +211,7 @@ def convert_llamagen_vq(state: dict[str, torch.Tensor], image_size: int | None =
     return Converted(LlamaGenVQ, config, state, notes)
 
 
-register_importer(Importer(
+GPT_IMPORTER = Importer(
     "llamagen-gpt", "LlamaGen class-conditional GPT ({'model': ...} or a raw state dict; GPT-B … GPT-3B, GPT-7B; "
     "GFT checkpoints with t_embedder too)", convert_llamagen_gpt,
     {"grid_size": "token grid side (16 for 256px, 24 for 384px images with VQ-16); required",
@@ -219,8 +219,8 @@ register_importer(Importer(
      "n_head": "attention heads, for a size that matches no preset",
      "beta_embed": "add a zero-initialised β embedder (GFT input) if the checkpoint has none (default true)",
      "tokenizer": "tokenizer directory to record in the model (its codebook and grid must fit)"},
-))
-register_importer(Importer(
+)
+VQ_IMPORTER = Importer(
     "llamagen-vq", "LlamaGen VQ tokenizer (VQ-16 / VQ-8) weights", convert_llamagen_vq,
     {"image_size": "image side the tokenizer is used at (LlamaGen c2i: 256 or 384); required"},
-))
+)

@@ -1,12 +1,12 @@
 """MAR over continuous tokens (KL-autoencoder latents) with a per-token diffusion head, and a β input for GFT.
 
-The transformer is the masked family's (:mod:`gft_tokens.models.masked`: the same blocks, learned/sin-cos
+The transformer is the masked family's (:mod:`gft_tokens.families.masked.model`: the same blocks, learned/sin-cos
 positions, buffer holding the condition, MAE-style encoder over known tokens only, decoder with a ``[MASK]``
 vector at masked positions, MAR's training masks) with MAR's continuous-token ends:
 
 * token input: ``z_proj``, a Linear projection of each latent vector (C channels) — not an embedding table;
 * output: the decoder states plus ``diffusion_pos_embed`` give one condition vector z per token for the diffusion
-  head (:mod:`gft_tokens.models.diffloss`), which models p(x | z) with a small denoising MLP.
+  head (:mod:`gft_tokens.families.mar.diffloss`), which models p(x | z) with a small denoising MLP.
 
 Conditioning is the masked family's: the class embedding (null class = row ``num_classes``, MAR's
 ``fake_latent``) plus, for GFT, a zero-initialised β embedding — so a CFG model and the same weights with a fresh β
@@ -23,13 +23,14 @@ import torch
 import torch.nn as nn
 from transformers import PretrainedConfig
 
-from ..conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
-from ..errors import GFTError
-from ..io import GFTPreTrainedModel
-from ..nn import Embedding, Linear
-from .diffloss import DiffusionHead, DiffusionInputs
-from .masked import PRESETS as MASKED_PRESETS
-from .masked import Block, MaskedConfig, PositionEmbedding, check_mask, encode_decode, gather_positions
+from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
+from ...errors import GFTError
+from ...pretrained import GFTPreTrainedModel, preset_config
+from ...nn import Embedding, Linear
+from ...objectives import DiffusionInputs
+from .diffloss import DiffusionHead
+from ..masked.model import PRESETS as MASKED_PRESETS
+from ..masked.model import Block, MaskedConfig, PositionEmbedding, check_mask, encode_decode, gather_positions
 
 # The masked family's transformer sizes with MAR's DiffLoss (depth d, width w): README evaluation settings for
 # MAR-B/L/H (and MAR's diffusion_batch_mul 4); small heads for the CPU sizes, which also draw 2 (t, ε) per token
@@ -39,55 +40,28 @@ _HEADS = {"MAR-B": (6, 1024, 4), "MAR-L": (8, 1280, 4), "MAR-H": (12, 1536, 4),
 PRESETS: dict[str, dict] = {name: dict(MASKED_PRESETS[name], diffloss_d=d, diffloss_w=w, diffusion_batch_mul=mul)
                             for name, (d, w, mul) in _HEADS.items()}
 
-_SHARED = ("encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim", "decoder_depth", "decoder_heads",
-           "mlp_ratio", "norm_eps", "initializer_range", "attn_dropout", "proj_dropout", "buffer_size",
-           "mask_ratio_min", "mask_ratio_std", "num_classes", "grid_size", "beta_embed", "beta_freq_dim", "pos_init")
 
+class MARConfig(MaskedConfig):
+    """The masked family's transformer fields (validated by its rules) plus the continuous-token ones; there is no
+    vocabulary (``vocab_size`` is None)."""
 
-class MARConfig(PretrainedConfig):
     model_type = "gft_mar"
 
     def __init__(
         self,
-        encoder_dim: int = 1024,
-        encoder_depth: int = 16,
-        encoder_heads: int = 16,
-        decoder_dim: int = 1024,
-        decoder_depth: int = 16,
-        decoder_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_eps: float = 1e-6,
-        initializer_range: float = 0.02,
-        attn_dropout: float = 0.1,
-        proj_dropout: float = 0.1,
-        buffer_size: int = 64,
-        mask_ratio_min: float = 0.7,
-        mask_ratio_std: float = 0.25,
-        num_classes: int = 1000,
         token_dim: int = 16,
-        grid_size: int = 16,
         diffloss_d: int = 3,
         diffloss_w: int = 1024,
         num_sampling_steps: int = 100,
         diffusion_batch_mul: int = 4,
-        beta_embed: bool = True,
-        beta_freq_dim: int = 256,
-        pos_init: str = "normal",
-        preset: str | None = None,
-        tokenizer: dict | None = None,
         **kwargs,
     ):
-        values = dict(locals())
-        # the transformer's fields, validated by the masked family's rules
-        shared = MaskedConfig(**{k: values[k] for k in _SHARED})
-        for key in _SHARED:
-            setattr(self, key, getattr(shared, key))
+        kwargs.pop("vocab_size", None)  # continuous tokens: no codebook
+        super().__init__(**kwargs)
+        self.vocab_size = None
         self.token_dim = int(token_dim)
         self.diffloss_d, self.diffloss_w = int(diffloss_d), int(diffloss_w)
         self.num_sampling_steps, self.diffusion_batch_mul = int(num_sampling_steps), int(diffusion_batch_mul)
-        self.preset = preset
-        self.tokenizer = tokenizer  # what the model was trained with (type, latent_channels, grid_size, ...)
-        super().__init__(**kwargs)
         if self.token_dim < 1:
             raise GFTError(f"token_dim (latent channels) must be ≥ 1, got {self.token_dim}")
         if self.diffloss_d < 1 or self.diffloss_w < 1:
@@ -104,13 +78,7 @@ class MARConfig(PretrainedConfig):
 
 def mar_config(preset: str, **overrides) -> MARConfig:
     """A :class:`MARConfig` from a preset name plus overrides (``token_dim``, ``grid_size`` …)."""
-    if preset not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise GFTError(f"unknown MAR preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
-    return MARConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    return preset_config(MARConfig, PRESETS, preset, "MAR preset", overrides)
 
 
 def check_tokens(latents, seq_len: int, token_dim: int, name: str = "latents") -> torch.Tensor:
@@ -185,7 +153,7 @@ class MARModel(ClassConditional, GFTPreTrainedModel):
 
     def diffusion_inputs(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
                          mask: torch.Tensor) -> DiffusionInputs:
-        """What the ε objectives take (:mod:`gft_tokens.models.diffloss`): z (B, N, D) and the head."""
+        """What the ε objectives take (:mod:`gft_tokens.families.mar.diffloss`): z (B, N, D) and the head."""
         return DiffusionInputs(self(latents, cond, beta, mask=mask), self.diffloss)
 
     def z_at(self, latents: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor,

@@ -2,7 +2,7 @@
 
 Every token starts masked, and each sample gets a random generation order fixed at the start. Step s of S runs the
 transformer once on the current tokens and leaves ``floor(N·cos(π/2·(s+1)/S))`` tokens masked (the masked family's
-schedule and clamps, :func:`gft_tokens.sampling.masked.masked_after_step`); the next tokens of the order are drawn,
+schedule and clamps, :func:`gft_tokens.families.masked.sampler.masked_after_step`); the next tokens of the order are drawn,
 each by the diffusion head's reverse process conditioned on its z (``num_sampling_steps`` respaced DDPM steps;
 ``temperature`` scales the noise added at every reverse step, as MAR's). A drawn token is never changed again.
 
@@ -20,9 +20,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import GFTError
-from .common import guided_batch
-from .masked import CFG_SCHEDULES, guidance_scale, masked_after_step
+from ...errors import GFTError
+from ...nn import eval_mode
+from ...sampling.common import SamplingStats, guided_batch
+from ..masked.sampler import CFG_SCHEDULES, guidance_scale, masked_after_step
 
 
 def check_mar_sampling_args(steps, cfg_schedule: str, temperature: float, top_k: int, top_p: float,
@@ -44,7 +45,8 @@ def check_mar_sampling_args(steps, cfg_schedule: str, temperature: float, top_k:
 def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_schedule: str = "constant",
            steps: int = 16, temperature: float = 1.0, clip_x0: float | None = None, top_k: int = 0,
            top_p: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
-           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           stats: SamplingStats | None = None) -> torch.Tensor:
     """Generate continuous tokens (B, N, C) for class ``labels`` (B,).
 
     Args:
@@ -59,14 +61,14 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
             std). MAR does not clip (None); a briefly trained head's ε errors at the first, near-pure-noise steps
             are amplified ~1/√α_t there, and clipping keeps them from running away.
         callback: called after every step as ``callback(step, tokens, mask)`` (copies; mask True = still masked).
+        stats: a :class:`~gft_tokens.sampling.common.SamplingStats` that receives this call's cost (transformer
+            rows, and the diffusion head's rows apart).
     """
     n, dim = model.config.seq_len, model.config.token_dim
     check_mar_sampling_args(steps, cfg_schedule, temperature, top_k, top_p, n)
     if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and math.isfinite(clip_x0) and clip_x0 > 0):
         raise GFTError(f"clip_x0 must be a positive finite number (or None: no clipping), got {clip_x0!r}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = model.z_proj.weight.device
         labels, beta, cfg_scale, bsz = guided_batch(model, labels, beta, cfg_scale, device)
         cfg = cfg_scale is not None
@@ -81,6 +83,10 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
             if after < remaining:
                 positions = order[:, after:remaining]  # (B, K)
                 z = model.z_at(rows(tokens), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
+                if stats is not None:
+                    stats.network(labels.shape[0])
+                    # every denoising step runs the head on all of z's rows (both CFG halves)
+                    stats.head_rows += z.shape[0] * z.shape[1] * model.diffloss.gen_diffusion.num_timesteps
                 w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
                 k = positions.shape[1]
                 # (B·K, D) rows; with CFG the B·K conditional rows then the B·K unconditional ones
@@ -92,6 +98,6 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                 remaining = after
             if callback is not None:
                 callback(step, tokens.clone(), mask.clone())
+        if stats is not None:
+            stats.images += bsz
         return tokens
-    finally:
-        model.train(was_training)

@@ -9,10 +9,12 @@ Guidance:
 
 * **GFT** (``beta=β``): one pass per scale for a batch of B; β is added to the class condition (start token and
   every AdaLN) and is the same at every scale. β = 1/(1 + t) for VAR's guidance strength t.
-* **CFG** (``cfg=t``): VAR's convention — the conditional and null-class rows run together (2B) and are mixed as
-  ``(1 + t_k)·c − t_k·u`` at scale k, with ``cfg_schedule="linear"`` (VAR's): t_k = t·k/(K−1), from 0 at the first
-  scale to t at the last (K = number of scales; t_0 = t when K = 1), or ``"constant"``: t_k = t. The drawn codes
-  are fed to both halves. A β-model uses ``beta`` (default 1) for its conditional rows and 1 for the null rows.
+* **CFG** (``cfg_scale=w``, LlamaGen's ``u + w·(c − u)`` like every family): converted inside to VAR's convention
+  t = w − 1 — the conditional and null-class rows run together (2B) and are mixed as ``(1 + t_k)·c − t_k·u`` at
+  scale k, with ``cfg_schedule="linear"`` (VAR's): t_k = t·k/(K−1), from 0 at the first scale to t at the last
+  (K = number of scales; t_0 = t when K = 1), or ``"constant"``: t_k = t. The drawn codes are fed to both halves.
+  ``cfg_scale=1`` is the conditional model (one pass). A β-model uses ``beta`` (default 1) for its conditional
+  rows and 1 for the null rows.
 
 ``use_cache=False`` recomputes every coarser scale at each step (the reference for testing the cache, and the
 "recompute" side of the benchmark).
@@ -20,14 +22,13 @@ Guidance:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import GFTError
-from ..tokenizers.multiscale import flatten_scales
-from .common import check_sampling_args, guided_batch, sample_from_logits
+from ...errors import GFTError
+from ...nn import eval_mode
+from ...sampling.common import SamplingStats, check_cfg_schedule, check_sampling_args, guided_batch, sample_from_logits
+from ...tokenizers.multiscale import flatten_scales
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -42,28 +43,27 @@ def guidance_strengths(cfg: float, num_scales: int, schedule: str = "linear") ->
 
 
 @torch.no_grad()
-def sample(model, labels, *, beta=None, cfg: float | None = None, cfg_schedule: str = "linear",
+def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_schedule: str = "linear",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-           use_cache: bool = True, progress: bool = False) -> torch.Tensor:
+           use_cache: bool = True, progress: bool = False, stats: SamplingStats | None = None) -> torch.Tensor:
     """Generate codes (B, L) — every scale's codes, concatenated coarse to fine — for class ``labels`` (B,).
 
     Args:
         beta: GFT pseudo-temperature in [0, 1], a number or a (B,) tensor (GFT models only); 1 = conditional model.
-        cfg: VAR's guidance strength t ≥ 0 (two batched passes per scale, ``(1 + t)·c − t·u``); 0 = no guidance.
+        cfg_scale: CFG scale w in LlamaGen's convention (VAR's t = w − 1; two batched passes per scale);
+            1 = the conditional model, one pass.
         cfg_schedule: ``"linear"`` (VAR's ramp t·k/(K−1)) or ``"constant"``.
         temperature / top_k / top_p: applied to each token's (guided) logits; 0 / 1 disable top-k / top-p.
+        stats: a :class:`~gft_tokens.sampling.common.SamplingStats` that receives this call's cost.
     """
     check_sampling_args(temperature, top_k, top_p)
-    if cfg is not None and not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0):
-        raise GFTError(f"cfg (VAR's guidance strength t in (1 + t)·c − t·u) must be a finite number ≥ 0, got {cfg!r}")
+    check_cfg_schedule(cfg_schedule, CFG_SCHEDULES)
     scales = model.scales
-    strengths = guidance_strengths(cfg or 0.0, len(scales), cfg_schedule)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = model.word_embed.weight.device
-        labels, beta, _, bsz = guided_batch(model, labels, beta, cfg, device)  # VAR's cfg doubles the rows too
-        guided = cfg is not None
+        labels, beta, cfg_scale, bsz = guided_batch(model, labels, beta, cfg_scale, device)
+        guided = cfg_scale is not None
+        strengths = guidance_strengths(cfg_scale - 1.0 if guided else 0.0, len(scales), cfg_schedule)
         rows = labels.shape[0]
         cond = model.condition(labels, beta)
         cache = model.allocate_cache(rows) if use_cache else None
@@ -72,6 +72,8 @@ def sample(model, labels, *, beta=None, cfg: float | None = None, cfg_schedule: 
         for k in tqdm(range(len(scales)), desc="scales", disable=not progress, leave=False):
             s = scales[k]
             logits = model.scale_logits(tokens, cond, cache) if use_cache else model.recompute_logits(maps, cond)
+            if stats is not None:
+                stats.network(rows)
             if guided:
                 c, u = logits.chunk(2)
                 t = strengths[k]
@@ -84,6 +86,6 @@ def sample(model, labels, *, beta=None, cfg: float | None = None, cfg_schedule: 
             if use_cache and k + 1 < len(scales):
                 f_hat, nxt = model.quantizer.next_input(f_hat, codes, k)
                 tokens = model.scale_tokens(nxt, k + 1, k + 1)
+        if stats is not None:
+            stats.images += bsz
         return flatten_scales(maps)[:bsz]
-    finally:
-        model.train(was_training)

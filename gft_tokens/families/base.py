@@ -1,0 +1,205 @@
+"""What a model family is: the record the registry holds, and the training adapter the shared loop drives.
+
+A :class:`Family` names everything the CLIs, the training loop, the sweep and the benchmarks need to reach a family
+— model and config classes, presets, the training :class:`Adapter`, the sampler, how sampled codes become the
+tokenizer's input, the sampler's own options and the official-checkpoint formats it imports from. Nothing outside
+``gft_tokens/families/`` branches on a family's name.
+
+An :class:`Adapter` builds the model config from a preset, the tokenizer and the data, and turns a batch of codes
+into what the objective consumes: ``logits_fn(cond, beta)``, the targets and an optional loss mask.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..data.codes import check_codes_match
+from ..errors import GFTError
+from ..objectives import CROSS_ENTROPY, OBJECTIVES, GFTLossPlugin
+from ..pretrained import config_keys
+
+
+@dataclass
+class LossInputs:
+    logits_fn: Callable
+    targets: torch.Tensor
+    loss_mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SamplerOption:
+    """A family-specific sampling option (``steps``, ``order`` …), exposed as ``--<name>`` on the CLIs."""
+
+    name: str
+    type: type
+    help: str
+    choices: tuple | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """How ``scripts/bench_sampling.py`` measures a family: its defaults and a random, trained-looking model.
+
+    ``build(preset, vocab, grid)`` returns a model in eval mode with a non-zero output head (a fresh head is all
+    zeros); ``vocab`` is None for continuous tokens. ``variants`` maps a key suffix to extra sampler options timed
+    as well (e.g. the masked family's confidence order); ``cache``: whether the sampler has ``use_cache=False``
+    to compare its KV cache against.
+    """
+
+    build: Callable[..., Any]
+    preset: str
+    batch: int
+    vocabs: tuple = (1024, 16384)
+    repeats: int = 1
+    cache: bool = True
+    variants: dict = field(default_factory=lambda: {"": {}})
+    options: dict = field(default_factory=dict)  # sampler options every timed run uses (e.g. steps)
+
+
+def _hint(word: str, known) -> str:
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Adapter:
+    """How the shared training loop feeds one family (subclassed in ``families/<name>/adapter.py``)."""
+
+    # what the model trains on: "codes" (integer ids of a VQ tokenizer) or "latents" (a continuous tokenizer's)
+    inputs: str = "codes"
+    # config fields the loop sets from the tokenizer and the data (not settable through model overrides)
+    derived_keys: tuple[str, ...] = ("vocab_size", "grid_size", "num_classes", "tokenizer")
+    # the GFT objective's loss plug-in: cross-entropy on logits, or MAR's ε-MSE
+    loss: GFTLossPlugin = CROSS_ENTROPY
+
+    def config(self, preset: str, tokenizer, num_classes: int, overrides: dict):
+        raise NotImplementedError
+
+    def token_shape(self, config) -> tuple[int, ...]:
+        """Shape of one sample's codes as stored in the code dataset (after the views axis)."""
+        raise NotImplementedError
+
+    def loss_inputs(self, model, codes: torch.Tensor, generator: torch.Generator) -> LossInputs:
+        raise NotImplementedError
+
+    def prepare_model(self, model, tokenizer) -> None:
+        """Give a freshly built (or initialised) model what it needs from the tokenizer; nothing by default."""
+
+    def check_data(self, data, config) -> None:
+        """Refuse extracted training data that does not fit the model."""
+        check_codes_match(data, config.vocab_size, self.token_shape(config))
+
+
+def square_grid(tokenizer, family: str) -> int:
+    h, w = tokenizer.grid_size
+    if h != w:
+        raise GFTError(f"the {family} family needs a square token grid, the tokenizer has {h}x{w}")
+    return h
+
+
+class RasterAdapter(Adapter):
+    """A family over a VQ tokenizer's square grid of codes, read in raster order as (B, N)."""
+
+    family = ""
+
+    @staticmethod
+    def config_fn(preset, **overrides):
+        raise NotImplementedError
+
+    def config(self, preset, tokenizer, num_classes, overrides):
+        grid = square_grid(tokenizer, self.family)
+        return self.config_fn(preset, vocab_size=tokenizer.codebook_size, grid_size=grid, num_classes=num_classes,
+                              tokenizer=tokenizer.describe(), **overrides)
+
+    def token_shape(self, config):
+        return (config.grid_size, config.grid_size)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family, as the registry (:mod:`gft_tokens.families`) holds it."""
+
+    name: str
+    model_class: type  # a GFTPreTrainedModel subclass; ``model_class.config_class`` is its config
+    config_fn: Callable[..., Any]  # config_fn(preset, **overrides) -> config
+    presets: dict
+    adapter: Adapter
+    sample: Callable[..., torch.Tensor]  # sample(model, labels, *, beta, cfg_scale, cfg_schedule, …, stats)
+    to_tokenizer_input: Callable  # (model, codes) -> what tokenizer.decode takes
+    cfg_schedules: tuple[str, ...] = ("constant",)  # supported; the first is the default
+    sampler_options: tuple[SamplerOption, ...] = ()
+    importers: tuple[str, ...] = ()  # official-checkpoint format names (gft_tokens.importers)
+    description: str = ""
+    bench: BenchSpec | None = None
+
+    @property
+    def config_class(self):
+        return self.model_class.config_class
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+    @property
+    def train_script(self) -> str:
+        return f"scripts/train_{self.name}.py"
+
+    def build_config(self, preset: str, **overrides):
+        """The config of ``preset`` plus ``overrides`` (an unknown preset is refused by ``config_fn``)."""
+        return self.config_fn(preset, **overrides)
+
+    def objective(self, name: str):
+        """The training objective ``name`` ("gft" or "cfg") with this family's loss plug-in."""
+        if name not in OBJECTIVES:
+            raise GFTError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+
+        def objective(*args, **kwargs):
+            return OBJECTIVES[name](*args, loss=self.adapter.loss, **kwargs)
+
+        return objective
+
+    def check_options(self, preset: str | None, overrides: dict) -> None:
+        """Refuse an unknown preset or model-override key up front, before any data is read or written."""
+        if preset is not None and preset not in self.presets:
+            raise GFTError(f"unknown {self.name} preset {preset!r}{_hint(preset, self.presets)}; known: "
+                           f"{', '.join(self.presets)}")
+        known = config_keys(self.config_class)
+        for key in overrides:
+            if key in self.adapter.derived_keys:
+                raise GFTError(f"model option {key!r} is set from the tokenizer and the data; remove it from `model:`")
+            if key not in known:
+                raise GFTError(f"unknown model option {key!r} in `model:`{_hint(str(key), known)}")
+
+    def sampling_kwargs(self, *, beta=None, cfg_scale=None, cfg_schedule=None, **options) -> dict:
+        """Check guidance and family options for this family's sampler; return its keyword arguments.
+
+        ``options`` whose value is None are left to the sampler's defaults; one this family does not take is
+        refused naming the families that do.
+        """
+        mine = {o.name for o in self.sampler_options}
+        kwargs = {}
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key not in mine:
+                flag = "--" + key.replace("_", "-")
+                takes = ", ".join(o.flag for o in self.sampler_options) or "no family options"
+                raise GFTError(f"{flag} does not apply to {self.name} models (they take {takes})")
+            kwargs[key] = value
+        if cfg_schedule is not None and cfg_schedule not in self.cfg_schedules:
+            raise GFTError(f"cfg schedule {cfg_schedule!r} is not available for {self.name} models (they take "
+                           f"{', '.join(self.cfg_schedules)})")
+        if cfg_schedule is not None:
+            kwargs["cfg_schedule"] = cfg_schedule
+        if beta is not None:
+            kwargs["beta"] = beta
+        if cfg_scale is not None:
+            kwargs["cfg_scale"] = cfg_scale
+        return kwargs

@@ -1,0 +1,39 @@
+"""MAR's continuous variant: the masked transformer over KL latents with a per-token diffusion head."""
+
+import torch
+
+from ..base import BenchSpec, Family, SamplerOption
+from ..masked import STEPS
+from .adapter import MARAdapter
+from .model import PRESETS, MARModel, mar_config, tokens_to_grid
+from .sampler import CFG_SCHEDULES, sample
+
+
+def _latents_for_tokenizer(model, tokens):
+    return tokens_to_grid(tokens, model.config.grid_size)
+
+
+
+def _bench_model(preset, vocab, grid):
+    """16-channel latents on a grid × grid token grid; the head's zero-initialised output layers made random."""
+    torch.manual_seed(0)
+    model = MARModel(mar_config(preset, token_dim=16, grid_size=grid, num_classes=1000)).eval()
+    for name, param in model.diffloss.named_parameters():
+        if param.ndim == 2 and not param.any():
+            torch.nn.init.normal_(param, std=0.02)
+    return model
+
+
+FAMILY = Family(
+    name="mar", model_class=MARModel, config_fn=mar_config, presets=PRESETS, adapter=MARAdapter(), sample=sample,
+    to_tokenizer_input=_latents_for_tokenizer, cfg_schedules=CFG_SCHEDULES,
+    sampler_options=(
+        STEPS,
+        SamplerOption("clip_x0", float, "clamp the diffusion head's x0 estimates to ±this (normalised latents; "
+                                        "default: no clipping, as MAR)"),
+    ),
+    description="MAR: continuous tokens, diffusion head, one transformer pass per decoding step",
+    bench=BenchSpec(_bench_model, preset="MAR-tiny", batch=16, vocabs=(None,), cache=False, options={"steps": 16}),
+)
+
+__all__ = ["FAMILY", "MARModel", "mar_config"]

@@ -1,0 +1,78 @@
+"""Official-checkpoint importers: published weights → our save format (``config.json`` + ``model.safetensors``).
+
+An importer is registered under a *format name* and chosen by that name only — never guessed from a file name:
+
+    from gft_tokens.importers import import_checkpoint
+    import_checkpoint("llamagen-gpt", "c2i_3B_384.pt", "models/llamagen-3b", grid_size=24)
+
+or ``scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 c2i_3B_384.pt models/llamagen-3b``.
+
+This module is the top of the package's import graph: it imports every family's ``importer`` module, and nothing in
+the package imports it (only the CLIs and tests). Adding a format: write ``convert(state, **options) -> Converted``
+in the family's ``importer.py``, wrap it in an :class:`~gft_tokens.importing.Importer` and list it in
+:data:`IMPORTERS` below. The driver checks the converted keys and shapes against the target class built on the
+meta device (no weights allocated) and writes the result atomically.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+
+from .errors import GFTError
+from .families.llamagen.importer import GPT_IMPORTER, VQ_IMPORTER
+from .families.var.importer import VAR_IMPORTER, VQVAE_IMPORTER
+from .importing import Converted, Importer, extract_state_dict, load_checkpoint_file
+from .pretrained import check_state_dict
+
+IMPORTERS: dict[str, Importer] = {i.name: i for i in (GPT_IMPORTER, VQ_IMPORTER, VAR_IMPORTER, VQVAE_IMPORTER)}
+
+
+def register_importer(importer: Importer) -> None:
+    """Make ``import_checkpoint`` and ``scripts/import_checkpoint.py --format`` know ``importer.name``."""
+    IMPORTERS[importer.name] = importer
+
+
+def get_importer(name: str) -> Importer:
+    if name not in IMPORTERS:
+        close = difflib.get_close_matches(name, IMPORTERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise GFTError(f"unknown checkpoint format {name!r}{hint}; known: {', '.join(sorted(IMPORTERS))}")
+    return IMPORTERS[name]
+
+
+def convert_state_dict(fmt: str, state: dict[str, torch.Tensor], **options) -> Converted:
+    """Run importer ``fmt`` on an already-loaded official state dict and check the result (no file IO)."""
+    importer = get_importer(fmt)
+    unknown = [k for k in options if k not in importer.options]
+    if unknown:
+        raise GFTError(f"format {fmt!r} takes no option {unknown[0]!r}; its options: "
+                       f"{', '.join(importer.options) or 'none'}")
+    converted = importer.convert(state, **options)
+    with torch.device("meta"):
+        target = converted.model_class(converted.config)
+    check_state_dict(target.state_dict(), converted.state, f"the converted {fmt} checkpoint")
+    return converted
+
+
+def import_checkpoint(fmt: str, src: str | Path, out: str | Path | None = None, key: str | None = None,
+                      **options) -> Converted:
+    """Convert the official checkpoint ``src`` of format ``fmt``; write it to ``out`` (atomically) if given.
+
+    ``options`` are the importer's own (``grid_size``, ``preset`` …; see ``IMPORTERS[fmt].options``). Load the
+    result with :func:`gft_tokens.families.load_model` or :func:`gft_tokens.tokenizers.load_tokenizer`.
+    """
+    get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
+    state = extract_state_dict(load_checkpoint_file(src), key=key, where=str(src))
+    converted = convert_state_dict(fmt, state, **options)
+    if out is not None:
+        with torch.device("meta"):
+            target = converted.model_class(converted.config)
+        target.save_pretrained(out, state_dict=converted.state)
+    return converted
+
+
+__all__ = ["IMPORTERS", "Converted", "Importer", "convert_state_dict", "extract_state_dict", "get_importer",
+           "import_checkpoint", "load_checkpoint_file", "register_importer"]

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Summarise the GFT-vs-CFG experiment of every family: per-family tables, learning curves, one plot per question.
+
+    python scripts/experiment_summary.py --docs docs/gft_vs_cfg --runs runs/gft_vs_cfg
+
+Reads ``<docs>/<family>/results.json`` (the main sweep) and ``<docs>/<family>/curve-<steps>/results.json`` (the
+learning-curve sweeps) written by ``scripts/experiment_gft_vs_cfg.sh``, and each run's ``train_log.jsonl`` under
+``<runs>/<family>/`` for the training time. Writes ``<docs>/summary.md``, ``summary.json``,
+``fid_vs_accuracy.png`` (one panel per family) and ``learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gft_tokens.errors import GFTError, cli_main
+from gft_tokens.eval.sweep import best_rows, comparison
+from gft_tokens.fs import atomic_file
+
+RUN_DIRS = {"cfg": "cfg", "gft-scratch": "gft", "gft-finetune": "gft-ft"}
+
+
+def _train_seconds(runs: Path, family: str, run: str) -> float | None:
+    log = runs / family / RUN_DIRS.get(run, run) / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    times = [e["elapsed_s"] for e in entries if "elapsed_s" in e]
+    return times[-1] if times else None
+
+
+def _pm(v, s, pct=False, digits=2):
+    if v is None:
+        return "–"
+    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.{digits}f}")
+    return f(v) + (f" ± {f(s)}" if s is not None else "")
+
+
+def family_summary(docs: Path, runs: Path, family: str) -> dict | None:
+    path = docs / family / "results.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    best = best_rows(rows)
+    curve = []
+    for d in sorted((docs / family).glob("curve-*"), key=lambda p: int(p.name.split("-")[1])):
+        if (d / "results.json").is_file():
+            curve_rows = json.loads((d / "results.json").read_text())["rows"]
+            curve.append({"steps": int(d.name.split("-")[1]), "best": best_rows(curve_rows)})
+    steps = json.loads((runs / family / "cfg" / "model" / "config.json").read_text()).get("preset") \
+        if (runs / family / "cfg" / "model" / "config.json").is_file() else None
+    return {"family": family, "preset": steps, "best": best, "checks": comparison(rows), "rows": rows, "curve": curve,
+            "train_s": {run: _train_seconds(runs, family, run) for run in best}}
+
+
+def markdown(summaries: list[dict]) -> str:
+    lines = ["# GFT vs CFG, every family", "",
+             "Best-FID setting of each model (FID and class accuracy ± one bootstrap standard deviation); verdicts "
+             "call a difference only beyond two standard deviations of it. Goals: GFT FID ≤ 1.05 × CFG's, class "
+             "accuracy within 1 point, NFE exactly half.", ""]
+    for s in summaries:
+        lines += [f"## {s['family']} ({s['preset']})", "",
+                  "| model | setting | FID ↓ | class acc. % | IS | precision | recall | NFE / image | ms / image | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for run, r in s["best"].items():
+            t = s["train_s"].get(run)
+            lines.append(f"| {run} | {r['setting']} | {_pm(r['fid'], r.get('fid_std'))} | "
+                         f"{_pm(r['class_accuracy'], r.get('class_accuracy_std'), pct=True)} | {r['is']:.2f} | "
+                         f"{r['precision']:.3f} | {r['recall']:.3f} | {r['nfe_per_image']:g} | "
+                         f"{1000 * r['s_per_image']:.1f} | {'–' if t is None else f'{t:.0f}'} |")
+        lines += ["", "| GFT model | FID / CFG | FID verdict | acc. − CFG (points) | acc. verdict | NFE / CFG | goals met |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in s["checks"]:
+            met = "yes" if c["fid_ok"] and c["acc_ok"] and c["nfe_ok"] else "no"
+            lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} | {c['fid_verdict']} | {c['acc_diff_points']:+.1f} | "
+                         f"{c['acc_verdict']} | {c['nfe_ratio']:.2f} | {met} |")
+        if s["curve"]:
+            lines += ["", "Learning curve (best-FID setting per model):", "",
+                      "| steps | CFG FID | CFG acc. % | GFT FID | GFT acc. % |", "|---|---|---|---|---|"]
+            for point in s["curve"]:
+                c, g = point["best"].get("cfg"), point["best"].get("gft-scratch")
+                cell = lambda r, k, pct=False: _pm(r[k], r.get(k + "_std"), pct=pct) if r else "–"  # noqa: E731
+                lines.append(f"| {point['steps']} | {cell(c, 'fid')} | {cell(c, 'class_accuracy', True)} | "
+                             f"{cell(g, 'fid')} | {cell(g, 'class_accuracy', True)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(summaries: list[dict], docs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 3.8), dpi=120, squeeze=False)
+    for ax, s in zip(axes[0], summaries):
+        for run in dict.fromkeys(r["run"] for r in s["rows"] if r["method"] != "reference"):
+            pts = sorted((r for r in s["rows"] if r["run"] == run), key=lambda r: r["w_equiv"])
+            ax.errorbar([100 * r["class_accuracy"] for r in pts], [r["fid"] for r in pts],
+                        xerr=[100 * (r.get("class_accuracy_std") or 0) for r in pts],
+                        yerr=[r.get("fid_std") or 0 for r in pts], marker="s" if pts[0]["method"] == "cfg" else "o",
+                        capsize=2, label=f"{run} ({pts[0]['nfe_per_image']:g} NFE)")
+        ax.set_title(s["family"])
+        ax.set_xlabel("class accuracy (%)")
+        ax.set_ylabel("FID (probe) ↓")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(docs / "fid_vs_accuracy.png") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+
+    with_curve = [s for s in summaries if s["curve"]]
+    if not with_curve:
+        return
+    fig, axes = plt.subplots(2, len(with_curve), figsize=(4.2 * len(with_curve), 6.4), dpi=120, squeeze=False)
+    for col, s in enumerate(with_curve):
+        points = s["curve"] + [{"steps": max(p["steps"] for p in s["curve"]) * 2, "best": s["best"]}]
+        for run in ("cfg", "gft-scratch"):
+            pts = [(p["steps"], p["best"][run]) for p in points if run in p["best"]]
+            for row, key, scale in ((0, "fid", 1), (1, "class_accuracy", 100)):
+                axes[row][col].errorbar([x for x, _ in pts], [scale * r[key] for _, r in pts],
+                                        yerr=[scale * (r.get(key + "_std") or 0) for _, r in pts], marker="o",
+                                        capsize=2, label=run)
+        axes[0][col].set_title(s["family"])
+        axes[0][col].set_ylabel("best FID ↓")
+        axes[1][col].set_ylabel("class accuracy at best FID (%)")
+        for row in (0, 1):
+            axes[row][col].set_xlabel("training steps")
+            axes[row][col].grid(alpha=0.3)
+            axes[row][col].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(docs / "learning_curves.png") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--docs", default="docs/gft_vs_cfg", help="the experiment's docs folder (default: docs/gft_vs_cfg)")
+    p.add_argument("--runs", default="runs/gft_vs_cfg", help="the experiment's runs folder (default: runs/gft_vs_cfg)")
+    p.add_argument("--families", nargs="+", default=["llamagen", "var", "masked", "mar"])
+    args = p.parse_args(argv)
+    docs, runs = Path(args.docs), Path(args.runs)
+    summaries = [s for s in (family_summary(docs, runs, f) for f in args.families) if s is not None]
+    if not summaries:
+        raise GFTError(f"no family results under {docs} (expected {docs}/<family>/results.json)")
+    (docs / "summary.md").write_text(markdown(summaries))
+    with atomic_file(docs / "summary.json", "w") as fh:
+        json.dump([{k: v for k, v in s.items() if k != "rows"} for s in summaries], fh, indent=1)
+    plots(summaries, docs)
+    print(f"wrote {docs / 'summary.md'} ({', '.join(s['family'] for s in summaries)})")
+
+
+if __name__ == "__main__":
+    main()
