@@ -28,7 +28,7 @@ from gft_tokens.importers import IMPORTERS, import_checkpoint
 
 # CLI flag → importer option; a flag is passed on only when given, and a format refuses options it does not take
 OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str, "vqvae": str,
-                "scales": str, "cls_token_num": int, "class_dropout_prob": float}
+                "scales": str, "cls_token_num": int, "class_dropout_prob": float, "num_sampling_steps": int}
 
 
 @cli_main
@@ -46,16 +46,19 @@ def main(argv=None):
                                                        "is used at (var-vqvae: picks VAR's scale schedule)")
     parser.add_argument("--scales", help="var-vqvae: scale schedule, comma-separated (default: VAR's for the image "
                                          "size)")
+    parser.add_argument("--num-sampling-steps", type=int, help="mar: diffusion steps per token (default: the "
+                                                               "training args' or 100)")
     parser.add_argument("--cls-token-num", type=int, help="llamagen-gpt: class-token positions (read from the "
                                                           "checkpoint's training args when it has them; default 1)")
     parser.add_argument("--class-dropout-prob", type=float,
                         help="llamagen-gpt: the training class dropout; 0 means the class table has no null row "
                              "(read from the training args when present; default: LlamaGen's 0.1)")
-    parser.add_argument("--preset", help="llamagen-gpt: model preset (default: detected from the shapes)")
-    parser.add_argument("--n-head", type=int, help="llamagen-gpt: attention heads of a size that fits no preset")
+    parser.add_argument("--preset", help="llamagen-gpt, mar: model preset (default: from the training args or the "
+                                         "shapes)")
+    parser.add_argument("--n-head", type=int, help="llamagen-gpt, mar: attention heads of a size that fits no preset")
     parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
                         help="llamagen-gpt, var: add a zero-initialised β embedder when the checkpoint has none "
-                             "(default: yes; --no-beta-embed imports a plain CFG model)")
+                             "(default: yes; --no-beta-embed imports a plain CFG model; also mar)")
     parser.add_argument("--tokenizer", help="llamagen-gpt, var: tokenizer directory to record in the model")
     parser.add_argument("--vqvae", help="var: the released VQVAE file whose codebook and φ convs build the inputs")
     args = parser.parse_args(argv)

@@ -185,3 +185,274 @@ def test_imported_var_with_its_vqvae_generates_a_grid(official_vae, tmp_path, ca
     images = np.load(tmp_path / "s" / "samples.npz")["images"]
     assert images.shape == (4, 32, 32, 3) and images.std() > 0
     assert (tmp_path / "s" / "grid.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MAR (models/mar.py sample_tokens, models/diffloss.py, diffusion/ with learn_sigma) and its KL-16 VAE
+# ---------------------------------------------------------------------------------------------------------------
+from gft_tokens.families.mar.importer import mar_layout  # noqa: E402
+
+MAR_SIZES = dict(encoder_dim=32, encoder_depth=1, decoder_dim=32, decoder_depth=1, seq_len=16, buffer_size=4,
+                 token_dim=4, num_classes=5, diffloss_w=32, diffloss_d=2)
+
+
+def _ln(x, sd, p, eps=1e-6):
+    return F.layer_norm(x, (x.shape[-1],), sd[p + ".weight"], sd[p + ".bias"], eps)
+
+
+def _lin(x, sd, p):
+    return F.linear(x, sd[p + ".weight"], sd[p + ".bias"])
+
+
+def _timm_block(sd, p, x, heads):
+    B, N, C = x.shape
+    qkv = _lin(_ln(x, sd, p + ".norm1"), sd, p + ".attn.qkv").reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B, N, C)
+    x = x + _lin(a, sd, p + ".attn.proj")
+    return x + _lin(F.gelu(_lin(_ln(x, sd, p + ".norm2"), sd, p + ".mlp.fc1")), sd, p + ".mlp.fc2")
+
+
+def official_mar_z(sd, tokens, mask, class_embedding, heads, buffer):
+    """forward_mae_encoder + forward_mae_decoder (+ diffusion_pos_embed_learned)."""
+    x = _lin(tokens, sd, "z_proj")
+    bsz, seq, D = x.shape
+    x = torch.cat([torch.zeros(bsz, buffer, D), x], dim=1)
+    mwb = torch.cat([torch.zeros(bsz, buffer), mask], dim=1)
+    x[:, :buffer] = class_embedding.unsqueeze(1)
+    x = _ln(x + sd["encoder_pos_embed_learned"], sd, "z_proj_ln")
+    x = x[(1 - mwb).nonzero(as_tuple=True)].reshape(bsz, -1, D)
+    for i in range(1 + max(int(k.split(".")[1]) for k in sd if k.startswith("encoder_blocks."))):
+        x = _timm_block(sd, f"encoder_blocks.{i}", x, heads)
+    x = _lin(_ln(x, sd, "encoder_norm"), sd, "decoder_embed")
+    pad = sd["mask_token"].repeat(bsz, mwb.shape[1], 1).to(x.dtype)
+    pad[(1 - mwb).nonzero(as_tuple=True)] = x.reshape(x.shape[0] * x.shape[1], x.shape[2])
+    x = pad + sd["decoder_pos_embed_learned"]
+    for i in range(1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks."))):
+        x = _timm_block(sd, f"decoder_blocks.{i}", x, heads)
+    return _ln(x, sd, "decoder_norm")[:, buffer:] + sd["diffusion_pos_embed_learned"]
+
+
+def official_diffloss_net(sd, x, t, c):
+    """SimpleMLPAdaLN.forward: 2·C outputs (ε, variance interpolation)."""
+    n = "diffloss.net."
+    half = 128
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    t_freq = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    y = _lin(F.silu(_lin(t_freq, sd, n + "time_embed.mlp.0")), sd, n + "time_embed.mlp.2") + _lin(c, sd, n + "cond_embed")
+    h = _lin(x, sd, n + "input_proj")
+    for i in range(1 + max(int(k.split(".")[3]) for k in sd if k.startswith(n + "res_blocks."))):
+        p = f"{n}res_blocks.{i}."
+        shift, scale, gate = _lin(F.silu(y), sd, p + "adaLN_modulation.1").chunk(3, dim=-1)
+        m = _ln(h, sd, p + "in_ln") * (1 + scale) + shift
+        h = h + gate * _lin(F.silu(_lin(m, sd, p + "mlp.0")), sd, p + "mlp.2")
+    shift, scale = _lin(F.silu(y), sd, n + "final_layer.adaLN_modulation.1").chunk(2, dim=-1)
+    h = F.layer_norm(h, (h.shape[-1],), eps=1e-6) * (1 + scale) + shift
+    return _lin(h, sd, n + "final_layer.linear")
+
+
+def adm_schedule(num_sampling_steps):
+    """create_diffusion(str(steps), noise_schedule='cosine', learn_sigma=True): respaced DDPM quantities."""
+    alpha_bar = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    betas = np.array([min(1 - alpha_bar((i + 1) / 1000) / alpha_bar(i / 1000), 0.999) for i in range(1000)])
+    ac = np.cumprod(1.0 - betas)
+    frac_stride = (1000 - 1) / (num_sampling_steps - 1)
+    use = {round(i * frac_stride) for i in range(num_sampling_steps)}
+    new_betas, tmap, last = [], [], 1.0
+    for i, a in enumerate(ac):
+        if i in use:
+            new_betas.append(1 - a / last)
+            last = a
+            tmap.append(i)
+    b = np.array(new_betas)
+    ac = np.cumprod(1.0 - b)
+    prev = np.append(1.0, ac[:-1])
+    pv = b * (1.0 - prev) / (1.0 - ac)
+    return dict(betas=b, tmap=np.array(tmap), sqrt_recip=np.sqrt(1.0 / ac), sqrt_recipm1=np.sqrt(1.0 / ac - 1),
+                logvar_clipped=np.log(np.append(pv[1], pv[1:])), c1=b * np.sqrt(prev) / (1.0 - ac),
+                c2=(1.0 - prev) * np.sqrt(1.0 - b) / (1.0 - ac))
+
+
+def official_diffloss_sample(sd, z, temperature, cfg, sched, g, g_discard):
+    """DiffLoss.sample → p_sample_loop with forward_with_cfg; learned-range variance. Noise the result never
+    reads (the unconditional half of x, the zero-masked draw at t = 0) comes from ``g_discard``."""
+    C = sd["z_proj.weight"].shape[1]
+    use_cfg = cfg != 1.0
+    rows = z.shape[0] // 2 if use_cfg else z.shape[0]
+    noise = torch.randn(rows, C, generator=g)
+    x = torch.cat([noise, noise]) if use_cfg else noise
+    ex = lambda arr, t: torch.from_numpy(arr)[t].float()[:, None]  # noqa: E731
+    for i in reversed(range(len(sched["betas"]))):
+        t = torch.full((x.shape[0],), i, dtype=torch.long)
+        tm = torch.from_numpy(sched["tmap"])[t]
+        if use_cfg:
+            half = x[: len(x) // 2]
+            out = official_diffloss_net(sd, torch.cat([half, half]), tm, z)
+            eps, rest = out[:, :C], out[:, C:]
+            ce, ue = eps.chunk(2)
+            he = ue + cfg * (ce - ue)
+            out = torch.cat([torch.cat([he, he]), rest], dim=1)
+        else:
+            out = official_diffloss_net(sd, x, tm, z)
+        eps, v = out[:, :C], out[:, C:]
+        min_log, max_log = ex(sched["logvar_clipped"], t), ex(np.log(sched["betas"]), t)
+        frac = (v + 1) / 2
+        logvar = frac * max_log + (1 - frac) * min_log
+        x0 = ex(sched["sqrt_recip"], t) * x - ex(sched["sqrt_recipm1"], t) * eps
+        mean = ex(sched["c1"], t) * x0 + ex(sched["c2"], t) * x
+        if i > 0:
+            n = torch.randn(rows, C, generator=g)
+            n = torch.cat([n, torch.randn(rows, C, generator=g_discard)]) if use_cfg else n
+            x = mean + torch.exp(0.5 * logvar) * n * temperature
+        else:
+            x = mean
+    return x[:rows]
+
+
+def official_sample_tokens(sd, labels, num_iter, cfg, cfg_schedule, temperature, heads, buffer, steps, g, g_discard):
+    """MAR.sample_tokens with a given generator (orders drawn as our sampler draws them: a random permutation)."""
+    bsz, seq_len, C = len(labels), sd["diffusion_pos_embed_learned"].shape[1], sd["z_proj.weight"].shape[1]
+    sched = adm_schedule(steps)
+    mask, tokens = torch.ones(bsz, seq_len), torch.zeros(bsz, seq_len, C)
+    orders = torch.rand(bsz, seq_len, generator=g).argsort(dim=1)
+    for step in range(num_iter):
+        cur = tokens.clone()
+        ce = sd["class_emb.weight"][labels]
+        if cfg != 1.0:
+            tokens, mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
+            ce = torch.cat([ce, sd["fake_latent"].repeat(bsz, 1)])
+        z = official_mar_z(sd, tokens, mask, ce, heads, buffer)
+        mask_ratio = np.cos(math.pi / 2.0 * (step + 1) / num_iter)
+        mask_len = torch.Tensor([np.floor(seq_len * mask_ratio)])
+        mask_len = torch.maximum(torch.Tensor([1]), torch.minimum(torch.sum(mask, dim=-1, keepdims=True) - 1, mask_len))
+        nxt = torch.zeros(bsz, seq_len).scatter(-1, orders[:, : int(mask_len[0].item())], 1.0)
+        to_pred = mask[:bsz].bool() if step >= num_iter - 1 else torch.logical_xor(mask[:bsz].bool(), nxt.bool())
+        mask = nxt
+        if cfg != 1.0:
+            to_pred = torch.cat([to_pred, to_pred])
+        z = z[to_pred.nonzero(as_tuple=True)]
+        cfg_iter = 1 + (cfg - 1) * (seq_len - mask_len[0]) / seq_len if cfg_schedule == "linear" else cfg
+        drawn = official_diffloss_sample(sd, z, temperature, float(cfg_iter), sched, g, g_discard)
+        if cfg != 1.0:
+            to_pred, _ = to_pred.chunk(2)
+        cur[to_pred.nonzero(as_tuple=True)] = drawn
+        tokens = cur.clone()
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def official_mar():
+    sd = rand_state(mar_layout(**MAR_SIZES), seed=7, scale=0.2)
+    # the variance half of the head at v = -1 (MAR's learned range = the fixed posterior variance ours samples with)
+    C = MAR_SIZES["token_dim"]
+    sd["diffloss.net.final_layer.linear.weight"][C:] = 0.0
+    sd["diffloss.net.final_layer.linear.bias"][C:] = -1.0
+    return sd
+
+
+@pytest.mark.parametrize("cfg,schedule", [(1.0, "linear"), (2.5, "linear"), (2.0, "constant")])
+def test_mar_import_samples_as_mars_sample_tokens(official_mar, cfg, schedule):
+    from gft_tokens.families.mar.model import MARModel
+    from gft_tokens.families.mar.sampler import sample
+
+    sd = official_mar
+    converted = convert_state_dict("mar", sd, n_head=2, num_sampling_steps=10)
+    assert any("ε half" in n for n in converted.notes)
+    model = MARModel(converted.config)
+    model.load_state_dict(converted.state)
+    model.eval()
+    labels = torch.tensor([0, 3, 4])
+    with torch.no_grad():
+        ref = official_sample_tokens(sd, labels, 4, cfg, schedule, 0.9, heads=2, buffer=4, steps=10,
+                                     g=torch.Generator().manual_seed(11), g_discard=torch.Generator().manual_seed(99))
+        ours = sample(model, labels, cfg_scale=cfg, cfg_schedule=schedule, steps=4, temperature=0.9,
+                      generator=torch.Generator().manual_seed(11))
+    err = (ours - ref).abs().max().item()
+    assert ref.abs().max() > 0.1 and err < 1e-4, err
+
+
+def test_mar_import_from_a_training_checkpoint_reads_model_ema_and_args(official_mar, tmp_path):
+    sd = official_mar
+    raw = {k: v + 1.0 for k, v in sd.items()}
+    args = argparse.Namespace(model="mar_tiny", num_sampling_steps="7", buffer_size=4)
+    torch.save({"model": raw, "model_ema": sd, "args": args, "epoch": 3}, tmp_path / "checkpoint-last.pth")
+    converted = import_checkpoint("mar", tmp_path / "checkpoint-last.pth", n_head=2)
+    assert converted.config.num_sampling_steps == 7
+    assert torch.equal(converted.state["z_proj.weight"], sd["z_proj.weight"])  # the EMA weights
+    converted = import_checkpoint("mar", tmp_path / "checkpoint-last.pth", key="model", n_head=2)
+    assert torch.equal(converted.state["z_proj.weight"], raw["z_proj.weight"])
+    with pytest.raises(GFTError, match="no MAR preset fits"):
+        convert_state_dict("mar", sd)
+    with pytest.raises(GFTError, match="preset MAR-B does not fit"):
+        convert_state_dict("mar", sd, preset="MAR-B")
+    bad = {k: v for k, v in sd.items() if k != "fake_latent"}
+    with pytest.raises(GFTError, match="missing 1: fake_latent"):
+        convert_state_dict("mar", bad, n_head=2)
+
+
+@pytest.mark.parametrize("preset,e,d,w,dd", [("MAR-B", 768, 12, 1024, 6), ("MAR-L", 1024, 16, 1280, 8),
+                                           ("MAR-H", 1280, 20, 1536, 12)])
+def test_released_mar_sizes_map_on_the_meta_device(preset, e, d, w, dd):
+    layout = mar_layout(encoder_dim=e, encoder_depth=d, decoder_dim=e, decoder_depth=d, seq_len=256,
+                        diffloss_w=w, diffloss_d=dd)
+    with torch.device("meta"):
+        state = {k: torch.empty(s) for k, s in layout.items()}
+    converted = convert_state_dict("mar", state)
+    assert converted.config.preset == preset and converted.config.grid_size == 16
+
+
+def kl16_layout(ch=32, ch_mult=(1, 2), blocks=1, e=4):
+    """MAR's AutoencoderKL keys: LDM q/k/v attention, double-z encoder, no attention in the decoder's up levels."""
+    base = vqvae_layout(ch=ch, ch_mult=ch_mult, num_res_blocks=blocks, z_channels=e, buffers=False)
+    out = {}
+    for k, s in base.items():
+        if k.startswith("quantize.") or k.startswith("quant_conv") or k.startswith("post_quant_conv"):
+            continue
+        if k.startswith("decoder.up.") and ".attn." in k:
+            continue
+        if ".qkv." in k:
+            for c in "qkv":
+                out[k.replace(".qkv.", f".{c}.")] = (s[0] // 3, *s[1:])
+            continue
+        if k == "encoder.conv_out.weight":
+            s = (2 * e, *s[1:])
+        if k == "encoder.conv_out.bias":
+            s = (2 * e,)
+        out[k] = s
+    out.update({"quant_conv.weight": (2 * e, 2 * e, 1, 1), "quant_conv.bias": (2 * e,),
+                "post_quant_conv.weight": (e, e, 1, 1), "post_quant_conv.bias": (e,),
+                "loss.logvar": ()})
+    return out
+
+
+def test_kl16_import_encodes_and_decodes_as_mars_vae(tmp_path):
+    sd = rand_state(kl16_layout(), seed=2)
+    torch.save({"model": sd}, tmp_path / "kl16.ckpt")
+    converted = import_checkpoint("mar-kl16", tmp_path / "kl16.ckpt", tmp_path / "kl", image_size=16)
+    assert any("loss.*" in n for n in converted.notes)
+    tok = load_tokenizer(tmp_path / "kl").eval()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        moments = F.conv2d(ldm_stage(sd, x, "encoder"), sd["quant_conv.weight"], sd["quant_conv.bias"])
+        ref_z = moments.chunk(2, dim=1)[0] * 0.2325  # posterior mode, MAR's scale
+        z = tok.encode(x)
+        ref_img = ldm_stage(sd, F.conv2d(ref_z / 0.2325, sd["post_quant_conv.weight"], sd["post_quant_conv.bias"]),
+                            "decoder").clamp(-1, 1)
+        img = tok.decode(ref_z)
+    assert (z - ref_z).abs().max() < 1e-5 and (img - ref_img).abs().max() < 1e-4
+    assert ref_img.std() > 0.05
+
+
+def test_imported_mar_with_kl16_generates_a_grid(official_mar, tmp_path):
+    torch.save({"model": rand_state(kl16_layout(), seed=2)}, tmp_path / "kl16.ckpt")
+    torch.save({"model_ema": official_mar, "model": official_mar}, tmp_path / "mar.pth")
+    script_main("import_checkpoint.py")(["--format", "mar-kl16", "--image-size", "8", str(tmp_path / "kl16.ckpt"),
+                                         str(tmp_path / "kl")])
+    script_main("import_checkpoint.py")(["--format", "mar", "--n-head", "2", "--num-sampling-steps", "5",
+                                         "--tokenizer", str(tmp_path / "kl"), str(tmp_path / "mar.pth"),
+                                         str(tmp_path / "m")])
+    script_main("generate.py")(["--ckpt", str(tmp_path / "m"), "--classes", "0", "4", "--n-per-class", "2",
+                                "--cfg-scale", "2.0", "--steps", "2", "--out", str(tmp_path / "s")])
+    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    assert images.shape == (4, 8, 8, 3) and images.std() > 0
+    assert (tmp_path / "s" / "grid.png").stat().st_size > 0
