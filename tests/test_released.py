@@ -456,3 +456,72 @@ def test_imported_mar_with_kl16_generates_a_grid(official_mar, tmp_path):
     images = np.load(tmp_path / "s" / "samples.npz")["images"]
     assert images.shape == (4, 8, 8, 3) and images.std() > 0
     assert (tmp_path / "s" / "grid.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LlamaGen / GFT training checkpoints: the recorded args
+# ---------------------------------------------------------------------------------------------------------------
+def _llamagen_ckpt(tmp_path, classes_rows_null=True, **args):
+    from test_importers import official_gpt_shapes, random_state
+
+    shapes = official_gpt_shapes(n_layer=2, dim=64, vocab=32, classes=5, multiple_of=32)
+    sd = random_state(shapes, seed=1)
+    if not classes_rows_null:  # trained with class_dropout_prob = 0: 5 rows, no null row
+        sd["cls_embedding.embedding_table.weight"] = sd["cls_embedding.embedding_table.weight"][:5].clone()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": sd, "steps": 10, **({"args": argparse.Namespace(**args)} if args else {})}, path)
+    return sd, path
+
+
+def test_llamagen_args_fill_grid_preset_cls_tokens_and_dropout(tmp_path):
+    from test_importers import official_gpt_logits
+
+    sd, path = _llamagen_ckpt(tmp_path, gpt_model="GPT-nano", image_size=64, downsample_size=16, cls_token_num=1,
+                              class_dropout_prob=0.1, num_classes=5, vocab_size=32)
+    converted = import_checkpoint("llamagen-gpt", path, tmp_path / "m")
+    c = converted.config
+    assert (c.grid_size, c.n_head, c.cls_token_num, c.num_classes, c.class_dropout_prob) == (4, 2, 1, 5, 0.1)
+    assert any("training args" in n for n in converted.notes)
+    model = load_model(tmp_path / "m").eval()
+    codes, labels = torch.randint(32, (2, 16)), torch.tensor([1, 5])
+    ref = official_gpt_logits(sd, codes, labels, n_head=2, grid=4)
+    assert torch.allclose(model(codes, labels), ref, atol=1e-5, rtol=1e-4)
+    for flag, value in (("grid_size", 8), ("preset", "GPT-tiny"), ("cls_token_num", 2), ("class_dropout_prob", 0.0)):
+        with pytest.raises(GFTError, match="contradicts the checkpoint's training args"):
+            import_checkpoint("llamagen-gpt", path, **{flag: value})
+    with pytest.raises(GFTError, match="n_head 2, not 4"):  # the wrong head count the weights cannot show
+        import_checkpoint("llamagen-gpt", path, n_head=4)
+
+
+def test_llamagen_cls_token_num_from_args_or_flag(tmp_path):
+    _, path = _llamagen_ckpt(tmp_path, gpt_model="GPT-nano", image_size=64, downsample_size=16, cls_token_num=2)
+    with pytest.raises(GFTError, match="cls_token_num 2"):  # read, and refused: never imported as 1
+        import_checkpoint("llamagen-gpt", path)
+    _, path = _llamagen_ckpt(tmp_path)  # no args: grid required, cls_token_num from the flag
+    with pytest.raises(GFTError, match="grid_size is required"):
+        import_checkpoint("llamagen-gpt", path)
+    with pytest.raises(GFTError, match="cls_token_num 2"):
+        import_checkpoint("llamagen-gpt", path, grid_size=4, cls_token_num=2)
+    converted = import_checkpoint("llamagen-gpt", path, grid_size=4, cls_token_num=1)
+    assert converted.config.cls_token_num == 1
+    assert any("assumed a null-class row" in n for n in converted.notes)
+    assert any("assumed" in n and "cls_token_num" in n
+               for n in import_checkpoint("llamagen-gpt", path, grid_size=4).notes)
+
+
+def test_llamagen_table_without_a_null_row_keeps_every_class(tmp_path, capsys):
+    from test_importers import official_gpt_logits
+
+    sd, path = _llamagen_ckpt(tmp_path, classes_rows_null=False, gpt_model="GPT-nano", image_size=64,
+                              downsample_size=16, class_dropout_prob=0.0, num_classes=5)
+    script_main("import_checkpoint.py")(["--format", "llamagen-gpt", str(path), str(tmp_path / "m")])
+    assert "no null row" in capsys.readouterr().out
+    model = load_model(tmp_path / "m").eval()
+    assert model.config.num_classes == 5
+    assert not model.cls_embedding.embedding_table.weight[5].any()
+    codes, labels = torch.randint(32, (2, 16)), torch.tensor([0, 4])  # class 4 is a real class, not the null one
+    assert torch.allclose(model(codes, labels), official_gpt_logits(sd, codes, labels, n_head=2, grid=4), atol=1e-5)
+    # without args, the flag says there is no null row
+    _, path = _llamagen_ckpt(tmp_path, classes_rows_null=False)
+    converted = import_checkpoint("llamagen-gpt", path, grid_size=4, class_dropout_prob=0.0)
+    assert converted.config.num_classes == 5
