@@ -525,3 +525,17 @@ def test_llamagen_table_without_a_null_row_keeps_every_class(tmp_path, capsys):
     _, path = _llamagen_ckpt(tmp_path, classes_rows_null=False)
     converted = import_checkpoint("llamagen-gpt", path, grid_size=4, class_dropout_prob=0.0)
     assert converted.config.num_classes == 5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--format", "var-vqvae", "--scales", "1,x,3"], "scales must be comma-separated integers"),
+    (["--format", "mar-kl16"], "it is a VQ model, not MAR's KL VAE"),
+    (["--format", "mar"], "not a MAR state dict"),
+])
+def test_import_script_bad_input_is_one_error_line(official_vae, tmp_path, capsys, argv, message):
+    torch.save(official_vae, tmp_path / "vae.pth")
+    with pytest.raises(SystemExit) as exc:
+        script_main("import_checkpoint.py")([*argv, str(tmp_path / "vae.pth"), str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / "out").exists()

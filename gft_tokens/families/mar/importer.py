@@ -220,6 +220,9 @@ def convert_mar_kl16(state: dict[str, torch.Tensor], image_size: int = 256) -> C
         if key not in state:
             raise GFTError(f"not an LDM AutoencoderKL state dict: it has no {key!r} "
                            f"(its keys start: {', '.join(sorted(state)[:4])} …)")
+    if "quantize.embedding.weight" in state:
+        raise GFTError("this autoencoder has a codebook (quantize.embedding): it is a VQ model, not MAR's KL VAE "
+                       "(VAR's VQVAE imports with --format var-vqvae)")
     notes = []
     loss = [k for k in state if k.startswith("loss.")]
     if loss:
