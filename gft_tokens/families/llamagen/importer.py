@@ -9,6 +9,14 @@ dropped. A GFT checkpoint's ``t_embedder.*`` (thu-ml/GFT) becomes our ``beta_emb
 and MLP); a plain LlamaGen checkpoint gets the β embedder added with its last layer zero-initialised, so the
 imported model equals the published one at every β until GFT fine-tuning moves it.
 
+Training checkpoints (LlamaGen's ``train_c2i.py``, GFT's) store their ``args`` Namespace beside the weights; it fills
+the grid (``image_size // downsample_size``), the preset (``gpt_model``, hence n_head), ``cls_token_num``,
+``class_dropout_prob`` and ``num_classes``, and an explicit option contradicting it is refused. Without args, the
+grid is required and ``cls_token_num`` 1 / a null-class row (LlamaGen's released c2i) are assumed and said in the
+notes. A class table without a null row (trained with ``class_dropout_prob`` 0) keeps every row as a class and gets a
+zero null-class row. ``cls_token_num`` > 1 is refused: the official c2i network then uses one class vector with
+the RoPE table shifted, which is not this toolkit's repeated class token.
+
 ``llamagen-vq``: the VQ-16 / VQ-8 tokenizer into :class:`~gft_tokens.tokenizers.llamagen_vq.LlamaGenVQ` (same
 names); the channel layout is read from the shapes, ``image_size`` is required.
 """
