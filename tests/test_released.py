@@ -178,8 +178,12 @@ def test_imported_var_with_its_vqvae_generates_a_grid(official_vae, tmp_path, ca
     torch.save(official_vae, tmp_path / "vae.pth")
     script_main("import_checkpoint.py")(["--format", "var-vqvae", "--image-size", "32", "--scales",
                                       ",".join(map(str, SCALES_16)), str(tmp_path / "vae.pth"), str(tmp_path / "tok")])
+    torch.save({k: v for k, v in official_vae.items() if k != "quantize.ema_vocab_hit_SV"}, tmp_path / "vae4.pth")
+    import_checkpoint("var-vqvae", tmp_path / "vae4.pth", tmp_path / "tok6", image_size=16, scales="1,2,4,8")
     script_main("import_checkpoint.py")(["--format", "var", "--vqvae", str(tmp_path / "vae.pth"), "--tokenizer",
                                       str(tmp_path / "tok"), str(tmp_path / "var_d1.pth"), str(tmp_path / "m")])
+    with pytest.raises(GFTError, match="does not fit VAR-d1: scales"):  # a tokenizer at another schedule
+        convert_state_dict("var", sd, vqvae=official_vae, tokenizer=str(tmp_path / "tok6"))
     script_main("generate.py")(["--ckpt", str(tmp_path / "m"), "--classes", "0", "3", "--n-per-class", "2",
                              "--cfg-scale", "1.5", "--out", str(tmp_path / "s")])
     images = np.load(tmp_path / "s" / "samples.npz")["images"]

@@ -236,6 +236,15 @@ def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = T
         raise GFTError(f"the VQVAE was trained for {vinfo['n_scales']} scales, VAR-d{info['depth']} has "
                        f"{len(info['patch_nums'])}")
     n_phi = vinfo["n_phi"]
+    if tokenizer is not None:  # the tokenizer to decode with must be this VAE at this schedule
+        from ...tokenizers import load_tokenizer
+
+        desc = load_tokenizer(tokenizer).describe()
+        want = {"type": "gft_var_vqvae", "codebook_size": info["vocab_size"], "scales": list(info["patch_nums"])}
+        bad = [f"{k} {desc.get(k)} (needs {v})" for k, v in want.items() if desc.get(k) != v]
+        if bad:
+            raise GFTError(f"tokenizer {tokenizer} does not fit VAR-d{info['depth']}: " + "; ".join(bad)
+                           + " — import the VAE with --format var-vqvae at the model's image size")
     config = VARConfig(depth=info["depth"], shared_aln=info["shared_aln"], attn_l2_norm=info["attn_l2_norm"],
                        num_classes=info["num_classes"], vocab_size=info["vocab_size"],
                        scales=list(info["patch_nums"]), cvae=info["cvae"], quant_resi=0.5,
