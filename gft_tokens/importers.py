@@ -23,11 +23,13 @@ import torch
 
 from .errors import GFTError
 from .families.llamagen.importer import GPT_IMPORTER, VQ_IMPORTER
+from .families.mar.importer import KL16_IMPORTER, MAR_IMPORTER
 from .families.var.importer import VAR_IMPORTER, VQVAE_IMPORTER
 from .importing import Converted, Importer, extract_state_dict, load_checkpoint_file
 from .pretrained import check_state_dict
 
-IMPORTERS: dict[str, Importer] = {i.name: i for i in (GPT_IMPORTER, VQ_IMPORTER, VAR_IMPORTER, VQVAE_IMPORTER)}
+IMPORTERS: dict[str, Importer] = {i.name: i for i in (GPT_IMPORTER, VQ_IMPORTER, VAR_IMPORTER, VQVAE_IMPORTER,
+                                                      MAR_IMPORTER, KL16_IMPORTER)}
 
 
 def register_importer(importer: Importer) -> None:
@@ -43,13 +45,19 @@ def get_importer(name: str) -> Importer:
     return IMPORTERS[name]
 
 
-def convert_state_dict(fmt: str, state: dict[str, torch.Tensor], **options) -> Converted:
-    """Run importer ``fmt`` on an already-loaded official state dict and check the result (no file IO)."""
+def convert_state_dict(fmt: str, state: dict[str, torch.Tensor], recorded: dict | None = None,
+                       **options) -> Converted:
+    """Run importer ``fmt`` on an already-loaded official state dict and check the result (no file IO).
+
+    ``recorded``: what the file stores beside the weights (its training args as a dict), for importers that read it.
+    """
     importer = get_importer(fmt)
     unknown = [k for k in options if k not in importer.options]
     if unknown:
         raise GFTError(f"format {fmt!r} takes no option {unknown[0]!r}; its options: "
                        f"{', '.join(importer.options) or 'none'}")
+    if importer.recorded is not None:
+        options["recorded"] = recorded
     converted = importer.convert(state, **options)
     with torch.device("meta"):
         target = converted.model_class(converted.config)
@@ -64,9 +72,13 @@ def import_checkpoint(fmt: str, src: str | Path, out: str | Path | None = None, 
     ``options`` are the importer's own (``grid_size``, ``preset`` …; see ``IMPORTERS[fmt].options``). Load the
     result with :func:`gft_tokens.families.load_model` or :func:`gft_tokens.tokenizers.load_tokenizer`.
     """
-    get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
-    state = extract_state_dict(load_checkpoint_file(src), key=key, where=str(src))
-    converted = convert_state_dict(fmt, state, **options)
+    importer = get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
+    obj = load_checkpoint_file(src)
+    if key is None and importer.default_key and isinstance(obj, dict) and isinstance(obj.get(importer.default_key), dict):
+        key = importer.default_key
+    state = extract_state_dict(obj, key=key, where=str(src))
+    recorded = importer.recorded(obj) if importer.recorded is not None else None
+    converted = convert_state_dict(fmt, state, recorded=recorded, **options)
     if out is not None:
         with torch.device("meta"):
             target = converted.model_class(converted.config)

@@ -45,6 +45,10 @@ class Importer:
     description: str
     convert: Callable[..., Converted]  # convert(state, **options)
     options: dict[str, str] = field(default_factory=dict)  # keyword options of convert → help text
+    # container key read when none is named and the file has it (MAR: "model_ema"), before CONTAINER_KEYS
+    default_key: str | None = None
+    # what the file records beside the weights (training args), passed to convert as ``recorded=`` (None if absent)
+    recorded: Callable[[object], dict | None] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,11 @@
     python scripts/import_checkpoint.py --format llamagen-vq --image-size 384 vq_ds16_c2i.pt tokenizers/llamagen-vq16
     python scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 --tokenizer tokenizers/llamagen-vq16 \\
         LlamaGen3B_GF.pt models/llamagen-3b-gft                      # a GFT checkpoint: its β embedder is kept
-    python scripts/import_checkpoint.py --format var --vqvae vae_ch160v4096z32.pth var_d16.pth models/var-d16
+    python scripts/import_checkpoint.py --format var-vqvae vae_ch160v4096z32.pth tokenizers/var-vqvae
+    python scripts/import_checkpoint.py --format var --vqvae vae_ch160v4096z32.pth --tokenizer tokenizers/var-vqvae \
+        var_d16.pth models/var-d16
+    python scripts/import_checkpoint.py --format mar-kl16 kl16.ckpt tokenizers/mar-kl16
+    python scripts/import_checkpoint.py --format mar --tokenizer tokenizers/mar-kl16 checkpoint-last.pth models/mar-b
 
 The format is always given (--format); it is never guessed from the file name. Files are read with
 torch.load(weights_only=True) or safetensors; a pickle that needs code execution is refused. A LlamaGen GPT
@@ -23,7 +27,8 @@ from gft_tokens.errors import cli_main
 from gft_tokens.importers import IMPORTERS, import_checkpoint
 
 # CLI flag → importer option; a flag is passed on only when given, and a format refuses options it does not take
-OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str, "vqvae": str}
+OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str, "vqvae": str,
+                "scales": str, "cls_token_num": int, "class_dropout_prob": float, "num_sampling_steps": int}
 
 
 @cli_main
@@ -37,12 +42,23 @@ def main(argv=None):
     parser.add_argument("--key", help="container key holding the state dict (default: 'model', 'module', "
                                       "'state_dict' or the whole file)")
     parser.add_argument("--grid-size", type=int, help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
-    parser.add_argument("--image-size", type=int, help="llamagen-vq: image side the tokenizer is used at")
-    parser.add_argument("--preset", help="llamagen-gpt: model preset (default: detected from the shapes)")
-    parser.add_argument("--n-head", type=int, help="llamagen-gpt: attention heads of a size that fits no preset")
+    parser.add_argument("--image-size", type=int, help="llamagen-vq, var-vqvae, mar-kl16: image side the tokenizer "
+                                                       "is used at (var-vqvae: picks VAR's scale schedule)")
+    parser.add_argument("--scales", help="var-vqvae: scale schedule, comma-separated (default: VAR's for the image "
+                                         "size)")
+    parser.add_argument("--num-sampling-steps", type=int, help="mar: diffusion steps per token (default: the "
+                                                               "training args' or 100)")
+    parser.add_argument("--cls-token-num", type=int, help="llamagen-gpt: class-token positions (read from the "
+                                                          "checkpoint's training args when it has them; default 1)")
+    parser.add_argument("--class-dropout-prob", type=float,
+                        help="llamagen-gpt: the training class dropout; 0 means the class table has no null row "
+                             "(read from the training args when present; default: LlamaGen's 0.1)")
+    parser.add_argument("--preset", help="llamagen-gpt, mar: model preset (default: from the training args or the "
+                                         "shapes)")
+    parser.add_argument("--n-head", type=int, help="llamagen-gpt, mar: attention heads of a size that fits no preset")
     parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
                         help="llamagen-gpt, var: add a zero-initialised β embedder when the checkpoint has none "
-                             "(default: yes; --no-beta-embed imports a plain CFG model)")
+                             "(default: yes; --no-beta-embed imports a plain CFG model; also mar)")
     parser.add_argument("--tokenizer", help="llamagen-gpt, var: tokenizer directory to record in the model")
     parser.add_argument("--vqvae", help="var: the released VQVAE file whose codebook and φ convs build the inputs")
     args = parser.parse_args(argv)

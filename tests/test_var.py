@@ -469,7 +469,7 @@ def test_official_var_import_errors(official_var, tmp_path):
     small = {**vae, "quantize.embedding.weight": torch.zeros(32, 8)}
     with pytest.raises(GFTError, match="differ in shape|does not fit"):
         convert_state_dict("var", sd, vqvae=small)
-    with pytest.raises(GFTError, match="not an architecture of this toolkit"):
-        convert_state_dict("var-vqvae", vae)
+    with pytest.raises(GFTError, match="trained with 10 scales"):
+        convert_state_dict("var-vqvae", vae, image_size=8, scales="1,2,4")
     with pytest.raises(GFTError, match="takes no option 'grid_size'"):
         convert_state_dict("var", sd, vqvae=vae, grid_size=16)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ..errors import GFTError
 from ..fs import read_config_dict
 from .kl import KLConfig, KLTokenizer
+from .ldm import LDMKLConfig, LDMKLTokenizer, VARVQVAE, VARVQVAEConfig
 from .llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from .vq import VQConfig, VQTokenizer
@@ -40,7 +41,9 @@ def load_tokenizer(path, map_location="cpu"):
 
 register_tokenizer(MultiScaleVQTokenizer)
 register_tokenizer(KLTokenizer)
+register_tokenizer(VARVQVAE)
+register_tokenizer(LDMKLTokenizer)
 
 
-__all__ = ["KLConfig", "KLTokenizer", "LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
+__all__ = ["KLConfig", "KLTokenizer", "LDMKLConfig", "LDMKLTokenizer", "VARVQVAE", "VARVQVAEConfig", "LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
            "VQTokenizer", "load_tokenizer", "register_tokenizer"]

@@ -9,6 +9,14 @@ dropped. A GFT checkpoint's ``t_embedder.*`` (thu-ml/GFT) becomes our ``beta_emb
 and MLP); a plain LlamaGen checkpoint gets the β embedder added with its last layer zero-initialised, so the
 imported model equals the published one at every β until GFT fine-tuning moves it.
 
+Training checkpoints (LlamaGen's ``train_c2i.py``, GFT's) store their ``args`` Namespace beside the weights; it fills
+the grid (``image_size // downsample_size``), the preset (``gpt_model``, hence n_head), ``cls_token_num``,
+``class_dropout_prob`` and ``num_classes``, and an explicit option contradicting it is refused. Without args, the
+grid is required and ``cls_token_num`` 1 / a null-class row (LlamaGen's released c2i) are assumed and said in the
+notes. A class table without a null row (trained with ``class_dropout_prob`` 0) keeps every row as a class and gets a
+zero null-class row. ``cls_token_num`` > 1 is refused: the official c2i network then uses one class vector with
+the RoPE table shifted, which is not this toolkit's repeated class token.
+
 ``llamagen-vq``: the VQ-16 / VQ-8 tokenizer into :class:`~gft_tokens.tokenizers.llamagen_vq.LlamaGenVQ` (same
 names); the channel layout is read from the shapes, ``image_size`` is required.
 """
@@ -97,25 +105,112 @@ def _custom_multiple_of(dim: int, hidden: int) -> int:
     raise GFTError(f"FFN width {hidden} is not LlamaGen's SwiGLU width for dim {dim} at any multiple_of")
 
 
+def recorded_args(obj) -> dict | None:
+    """The ``args`` Namespace LlamaGen's (and GFT's) training scripts store beside the weights, as a dict."""
+    args = obj.get("args") if isinstance(obj, dict) else None
+    return dict(vars(args)) if args is not None and hasattr(args, "__dict__") else None
+
+
+def _from_args(recorded: dict | None) -> dict:
+    """What LlamaGen's train_c2i.py args say about the model (only the fields present)."""
+    if not recorded:
+        return {}
+    out = {}
+    if isinstance(recorded.get("image_size"), int) and isinstance(recorded.get("downsample_size"), int):
+        out["grid_size"] = recorded["image_size"] // recorded["downsample_size"]
+    for key in ("cls_token_num", "num_classes"):
+        if isinstance(recorded.get(key), int):
+            out[key] = recorded[key]
+    if isinstance(recorded.get("class_dropout_prob"), (int, float)):
+        out["class_dropout_prob"] = float(recorded["class_dropout_prob"])
+    if isinstance(recorded.get("gpt_model"), str):
+        out["preset"] = recorded["gpt_model"]
+    return out
+
+
 def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None = None, preset: str | None = None,
-                         n_head: int | None = None, beta_embed: bool = True, tokenizer: str | None = None) -> Converted:
+                         n_head: int | None = None, beta_embed: bool = True, tokenizer: str | None = None,
+                         cls_token_num: int | None = None, class_dropout_prob: float | None = None,
+                         recorded: dict | None = None) -> Converted:
+    """``recorded``: the file's training args (a dict), which fill grid size, preset (hence n_head),
+    cls_token_num, class dropout and num_classes; an explicit option that contradicts them is refused."""
     from .model import PRESETS, LlamaGen, LlamaGenConfig
     from ...conditioning import BetaEmbedder
 
+    notes = []
+    found = _from_args(recorded)
+    given = {"grid_size": grid_size, "preset": preset, "cls_token_num": cls_token_num,
+             "class_dropout_prob": class_dropout_prob}
+    for key, value in given.items():
+        if value is not None and key in found and found[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise GFTError(f"{flag} {value} contradicts the checkpoint's training args ({key} {found[key]}); drop "
+                           f"the flag or fix it")
+    if found:
+        notes.append("read from the checkpoint's training args: "
+                     + ", ".join(f"{k} {v}" for k, v in found.items()))
+    grid_size = grid_size if grid_size is not None else found.get("grid_size")
+    preset = preset if preset is not None else found.get("preset")
+    if preset is not None and preset not in PRESETS and "preset" in found:
+        raise GFTError(f"the training args name model {preset!r}, which is not a LlamaGen preset here "
+                       f"({', '.join(PRESETS)})")
     if grid_size is None:
         raise GFTError("grid_size is required: the token grid is not stored in the weights (LlamaGen with VQ-16: "
                        "16 for 256px images, 24 for 384px)")
     if grid_size <= 0:
         raise GFTError(f"grid_size must be positive, got {grid_size}")
-    notes = []
+    if cls_token_num is None:
+        cls_token_num = found.get("cls_token_num")
+    if class_dropout_prob is None:
+        class_dropout_prob = found.get("class_dropout_prob")
+    assumed = []
+    if cls_token_num is None:
+        cls_token_num = 1
+        assumed.append("cls_token_num 1")
+    if cls_token_num < 1:
+        raise GFTError(f"cls_token_num must be ≥ 1, got {cls_token_num}")
+    if cls_token_num != 1:
+        # official c2i: one class vector (LabelEmbedder's (B, 1, D) sliced to [:cls_token_num]) with the RoPE table
+        # offset by cls_token_num zero rows and logits from position cls_token_num - 1; our LlamaGen repeats the
+        # class vector cls_token_num times — not the same network, so refuse rather than import different logits
+        raise GFTError(f"cls_token_num {cls_token_num}: an official c2i model with more than one class-token slot "
+                       f"(one class vector, RoPE shifted by {cls_token_num}) is not this toolkit's LlamaGen, which "
+                       f"repeats the class token; importing it would change its logits, so it is refused")
+    if class_dropout_prob is not None and not 0.0 <= class_dropout_prob < 1.0:
+        raise GFTError(f"class_dropout_prob must lie in [0, 1), got {class_dropout_prob}")
+
     dropped = sorted(k for k in state if GPT_IGNORED.match(k))
     if dropped:
         notes.append(f"dropped {len(dropped)} non-weight entries ({', '.join(dropped[:3])})")
     state = {k: v for k, v in state.items() if not GPT_IGNORED.match(k)}
     dims = gpt_dims(state)
+    rows = dims["num_classes"] + 1
+    # LlamaGen's LabelEmbedder has a null row only when trained with class dropout (use_cfg_embedding)
+    if "num_classes" in found:
+        if rows not in (found["num_classes"], found["num_classes"] + 1):
+            raise GFTError(f"the class table has {rows} rows, the training args say {found['num_classes']} classes")
+        null_row = rows == found["num_classes"] + 1
+    elif class_dropout_prob is not None:
+        null_row = class_dropout_prob > 0
+    else:
+        null_row = True
+        assumed.append("a null-class row (class dropout > 0)")
+    if assumed:
+        notes.append("the file records no training args for this: assumed " + " and ".join(assumed)
+                     + " (LlamaGen's released c2i); say otherwise with --cls-token-num / --class-dropout-prob")
+    if not null_row:
+        table = state["cls_embedding.embedding_table.weight"]
+        state["cls_embedding.embedding_table.weight"] = torch.cat([table, table.new_zeros(1, table.shape[1])])
+        dims = {**dims, "num_classes": rows}
+        notes.append(f"the class table has no null row (trained without class dropout): {rows} classes, a zero "
+                     f"null-class embedding added as row {rows} (the unconditional model is untrained)")
     fits = fitting_presets(dims)
+    extra = {"cls_token_num": cls_token_num}
+    if class_dropout_prob is not None:
+        extra["class_dropout_prob"] = class_dropout_prob
     common = dict(vocab_size=dims["vocab_size"], num_classes=dims["num_classes"], grid_size=grid_size,
-                  beta_embed=beta_embed, tokenizer=_tokenizer_record(tokenizer, dims["vocab_size"], grid_size))
+                  beta_embed=beta_embed, tokenizer=_tokenizer_record(tokenizer, dims["vocab_size"], grid_size),
+                  **extra)
     if preset is not None:
         if preset not in PRESETS:
             raise GFTError(f"unknown LlamaGen preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -218,7 +313,11 @@ GPT_IMPORTER = Importer(
      "preset": "model preset (default: detected from the shapes)",
      "n_head": "attention heads, for a size that matches no preset",
      "beta_embed": "add a zero-initialised β embedder (GFT input) if the checkpoint has none (default true)",
-     "tokenizer": "tokenizer directory to record in the model (its codebook and grid must fit)"},
+     "tokenizer": "tokenizer directory to record in the model (its codebook and grid must fit)",
+     "cls_token_num": "class-token positions (default: the training args', else 1)",
+     "class_dropout_prob": "the training class dropout; 0: the class table has no null row (default: the "
+                           "training args', else LlamaGen's 0.1)"},
+    recorded=recorded_args,
 )
 VQ_IMPORTER = Importer(
     "llamagen-vq", "LlamaGen VQ tokenizer (VQ-16 / VQ-8) weights", convert_llamagen_vq,

@@ -26,7 +26,7 @@ def _bench_model(preset, vocab, grid):
 
 FAMILY = Family(
     name="mar", model_class=MARModel, config_fn=mar_config, presets=PRESETS, adapter=MARAdapter(), sample=sample,
-    to_tokenizer_input=_latents_for_tokenizer, cfg_schedules=CFG_SCHEDULES,
+    to_tokenizer_input=_latents_for_tokenizer, cfg_schedules=CFG_SCHEDULES, importers=("mar",),
     sampler_options=(
         STEPS,
         SamplerOption("clip_x0", float, "clamp the diffusion head's x0 estimates to ±this (normalised latents; "

@@ -81,13 +81,14 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         for step in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
             after = masked_after_step(step, steps, n, remaining)
             if after < remaining:
-                positions = order[:, after:remaining]  # (B, K)
+                positions = order[:, after:remaining].sort(dim=1).values  # (B, K), ascending: MAR's row order
                 z = model.z_at(rows(tokens), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
                 if stats is not None:
                     stats.network(labels.shape[0])
                     # every denoising step runs the head on all of z's rows (both CFG halves)
                     stats.head_rows += z.shape[0] * z.shape[1] * model.diffloss.gen_diffusion.num_timesteps
-                w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
+                # MAR's ramp reads its clamped mask_len, which is 1 (not 0) at the last step
+                w = guidance_scale(cfg_scale, cfg_schedule, n, max(after, 1)) if cfg else None
                 k = positions.shape[1]
                 # (B·K, D) rows; with CFG the B·K conditional rows then the B·K unconditional ones
                 drawn = model.diffloss.sample(z.flatten(0, 1), temperature, cfg_scale=w, generator=generator,

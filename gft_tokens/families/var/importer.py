@@ -16,8 +16,9 @@ The ``var`` format converts VAR-dN into :class:`gft_tokens.families.var.model.VA
 codebook and φ convolutions (VAR's ``idxBl_to_var_input``), so ``vqvae=`` (the released VAE file, or its state
 dict) is required: its ``quantize.embedding`` and ``quantize.quant_resi.qresi_ls.*`` become the model's frozen
 ``quantizer.*`` buffers. A zero-initialised β embedder is added (``beta_embed``, default on), so a GFT fine-tune
-starts exactly at the published model. ``var-vqvae`` is checked only: its LDM-style encoder/decoder (with
-attention) is not an architecture of this toolkit's tokenizers, so it is refused after the layout check.
+starts exactly at the published model. ``var-vqvae`` converts the VAE into
+:class:`gft_tokens.tokenizers.VARVQVAE` (:mod:`gft_tokens.tokenizers.ldm`: the LDM encoder/decoder with attention
+and VAR's quantizer, the official parameter names), the tokenizer an imported VAR decodes with.
 """
 
 from __future__ import annotations
@@ -235,12 +236,21 @@ def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = T
         raise GFTError(f"the VQVAE was trained for {vinfo['n_scales']} scales, VAR-d{info['depth']} has "
                        f"{len(info['patch_nums'])}")
     n_phi = vinfo["n_phi"]
+    if tokenizer is not None:  # the tokenizer to decode with must be this VAE at this schedule
+        from ...tokenizers import load_tokenizer
+
+        desc = load_tokenizer(tokenizer).describe()
+        want = {"type": "gft_var_vqvae", "codebook_size": info["vocab_size"], "scales": list(info["patch_nums"])}
+        bad = [f"{k} {desc.get(k)} (needs {v})" for k, v in want.items() if desc.get(k) != v]
+        if bad:
+            raise GFTError(f"tokenizer {tokenizer} does not fit VAR-d{info['depth']}: " + "; ".join(bad)
+                           + " — import the VAE with --format var-vqvae at the model's image size")
     config = VARConfig(depth=info["depth"], shared_aln=info["shared_aln"], attn_l2_norm=info["attn_l2_norm"],
                        num_classes=info["num_classes"], vocab_size=info["vocab_size"],
                        scales=list(info["patch_nums"]), cvae=info["cvae"], quant_resi=0.5,
                        share_quant_resi=1 if n_phi == 1 else n_phi, beta_embed=beta_embed,
                        preset=f"d{info['depth']}" + ("-s" if info["shared_aln"] else ""),
-                       tokenizer={"type": "var-vqvae", "codebook_size": info["vocab_size"],
+                       tokenizer={"type": "gft_var_vqvae", "codebook_size": info["vocab_size"],
                                   "grid_size": [info["patch_nums"][-1]] * 2, "scales": list(info["patch_nums"]),
                                   **({"path": tokenizer} if tokenizer else {})})
     moved = {"pos_start": "pos.pos_start", "pos_1LC": "pos.pos_1LC", "lvl_embed.weight": "pos.lvl_embed.weight"}
@@ -266,11 +276,46 @@ def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = T
     return Converted(VAR, config, out, notes)
 
 
-def convert_var_vqvae(state: dict[str, torch.Tensor]) -> Converted:
+def _parse_scales(scales) -> list[int] | None:
+    if scales is None or isinstance(scales, (list, tuple)):
+        return None if scales is None else [int(s) for s in scales]
+    try:
+        return [int(s) for s in str(scales).split(",") if s.strip()]
+    except ValueError:
+        raise GFTError(f"scales must be comma-separated integers such as 1,2,3,4,5,6,8,10,13,16, got {scales!r}") from None
+
+
+def convert_var_vqvae(state: dict[str, torch.Tensor], image_size: int = 256, scales=None) -> Converted:
+    """Official VAR VQVAE → :class:`gft_tokens.tokenizers.VARVQVAE` (the same names; ``ema_vocab_hit_SV``, a
+    training statistic, is dropped). The VAE itself does not fix the scale schedule: ``image_size`` picks VAR's
+    (256 → 1 … 16, 512 → 1 … 32), or ``scales`` gives one ending at the token grid."""
+    from ...tokenizers.ldm import VARVQVAE, VARVQVAEConfig
+
     info = inspect_vqvae(state)
-    raise GFTError(f"the weights check out as VAR's VQVAE ({info}), but its LDM-style encoder/decoder (with "
-                   f"attention blocks) is not an architecture of this toolkit's tokenizers, so it cannot be "
-                   f"converted into one. A VAR transformer imports with it: --format var --vqvae THIS_FILE")
+    down = 2 ** (len(info["ch_mult"]) - 1)
+    chosen = _parse_scales(scales)
+    if chosen is None:
+        if image_size not in PATCH_NUMS:
+            raise GFTError(f"VAR has scale schedules for image sizes {sorted(PATCH_NUMS)}, not {image_size}; give "
+                           f"the scales (--scales 1,2,...,{image_size // down})")
+        chosen = list(PATCH_NUMS[image_size])
+    if chosen[-1] * down != image_size:
+        raise GFTError(f"scales {chosen} end at a {chosen[-1]}x{chosen[-1]} grid, i.e. {chosen[-1] * down}px "
+                       f"images with this VAE (downsample {down}), not {image_size}px")
+    if "quantize.ema_vocab_hit_SV" in state and state["quantize.ema_vocab_hit_SV"].shape[0] != len(chosen):
+        raise GFTError(f"the VQVAE was trained with {state['quantize.ema_vocab_hit_SV'].shape[0]} scales, the "
+                       f"schedule {chosen} has {len(chosen)}")
+    n_phi = info["n_phi"]
+    config = VARVQVAEConfig(image_size=image_size, channels=info["ch"], channel_mult=info["ch_mult"],
+                            num_res_blocks=info["num_res_blocks"], codebook_size=info["vocab_size"],
+                            codebook_dim=info["z_channels"], scales=chosen, quant_resi=0.5,
+                            share_quant_resi=1 if n_phi == 1 else n_phi, quant_conv_ks=info["quant_conv_ks"])
+    out = {k: v for k, v in state.items() if k != "quantize.ema_vocab_hit_SV"}
+    notes = [f"VAR VQVAE: ch {info['ch']}, ch_mult {info['ch_mult']}, codebook {info['vocab_size']} x "
+             f"{info['z_channels']}, {n_phi} φ convs, scales {chosen} ({image_size}px)"]
+    if "quantize.ema_vocab_hit_SV" in state:
+        notes.append("dropped the training statistic quantize.ema_vocab_hit_SV")
+    return Converted(VARVQVAE, config, out, notes)
 
 
 VAR_IMPORTER = Importer("var", "VAR-dN transformer (var_d16.pth … var_d36.pth) with the quantizer of its VQVAE "
@@ -278,5 +323,7 @@ VAR_IMPORTER = Importer("var", "VAR-dN transformer (var_d16.pth … var_d36.pth)
                            {"vqvae": "the released VQVAE file (vae_ch160v4096z32.pth) or its state dict; required",
                             "beta_embed": "add a zero-initialised β embedder (GFT input; default true)",
                             "tokenizer": "tokenizer directory to record in the model"})
-VQVAE_IMPORTER = Importer("var-vqvae", "VAR's multi-scale VQVAE (vae_ch160v4096z32.pth; layout check only: its "
-                                        "encoder/decoder is not one of this toolkit's)", convert_var_vqvae)
+VQVAE_IMPORTER = Importer("var-vqvae", "VAR's multi-scale VQVAE (vae_ch160v4096z32.pth) into a VARVQVAE tokenizer",
+                          convert_var_vqvae,
+                          {"image_size": "image side: picks VAR's scale schedule (256 default, 512)",
+                           "scales": "scale schedule, comma-separated (default: VAR's for image_size)"})
