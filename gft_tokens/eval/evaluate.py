@@ -170,9 +170,9 @@ def load_samples(path: str | Path, num_classes: int | None = None, require_label
     arrays = read_npz(path)
     images, labels = images_and_labels(arrays)
     if images is None or (require_labels and labels is None):
-        want = "images ('arr_0' or 'images') and labels ('arr_1' or 'labels')" if require_labels else \
-            "images ('arr_0' or 'images')"
-        raise GFTError(f"{path} must hold {want} (as scripts/generate.py writes); found keys {sorted(arrays)}")
+        want = "'images' and 'labels' (or ADM's 'arr_0' and 'arr_1')" if require_labels else \
+            "'images' (or ADM's 'arr_0')"
+        raise GFTError(f"{path} must hold {want}, as scripts/generate.py writes; found keys {sorted(arrays)}")
     name = "'arr_0'" if "arr_0" in arrays else "'images'"
     return _check_images(images, labels, path, name, num_classes)
 
