@@ -7,11 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test tokenizer clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,plots]'
+	# the Inception parity test's reference; --no-deps: its torchvision does not import beside this torch
+	$(PY) -m pip install -q --no-deps torch-fidelity==0.4.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -4,8 +4,16 @@
     python scripts/generate.py --beta 0.5 --n-per-class 100          # writes samples/llamagen/samples.npz
     python scripts/evaluate.py --samples samples/llamagen/samples.npz --json
 
-The samples file is what scripts/generate.py writes: ``images`` uint8 (N, H, W, 3) and ``labels`` (N,) (the
-requested classes). Features come from the shipped shapes probe (tokenizers/shapes-probe) unless --extractor names
+The samples file is ADM's layout (``arr_0`` uint8 (N, H, W, 3), labels in ``arr_1``, as LlamaGen/VAR/ADM and
+scripts/samples_to_npz.py write) or this project's earlier ``images`` + ``labels``.
+
+Field-standard FID / IS / precision-recall (Inception-v3, comparable to papers):
+
+    python scripts/evaluate.py --samples samples.npz --reference VIRTUAL_imagenet256_labeled.npz \
+        --features inception --inception-weights pt_inception-2015-12-05-6726825d.pth --json
+
+(or set $GFT_TOKENS_INCEPTION). --reference takes ADM reference batches (``arr_0`` images and/or ``mu``,
+``sigma``) and MAR-style statistics files (``mu``, ``sigma``: FID only). Features come from the shipped shapes probe (tokenizers/shapes-probe) unless --extractor names
 another saved extractor or a ``module:factory`` of your own (e.g. an Inception network reading a local weights
 file; see gft_tokens.eval). The reference is the held-out split of the embedded data (--ref-size images), or the
 real images in --reference FILE.npz; its features are computed once and cached in $GFT_TOKENS_CACHE/eval.
@@ -21,15 +29,23 @@ import json
 import sys
 
 from gft_tokens.errors import GFTError, cli_main
-from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, images_reference, load_extractor, load_samples
+from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, file_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
+from gft_tokens.eval.inception import load_inception
 
 
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", required=True, help="samples .npz (images uint8 (N,H,W,3), labels (N,))")
+    p.add_argument("--samples", required=True, help="samples .npz (arr_0 or images uint8 (N,H,W,3); labels)")
+    p.add_argument("--features", choices=("probe", "inception"), default="probe",
+                   help="probe: --extractor (default); inception: the FID Inception-v3 from --inception-weights")
+    p.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                   "(default: $GFT_TOKENS_INCEPTION)")
+    p.add_argument("--inception-resize", choices=("tf1", "pytorch-fid"), default="tf1",
+                   help="299x299 resize: tf1 as the TF graph / torch-fidelity (default), or pytorch-fid's")
+    p.add_argument("--device", default="cpu", help="device of the Inception network (default: cpu)")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
                    help=f"feature extractor: a saved directory or 'module:factory' (default: {DEFAULT_EXTRACTOR})")
     p.add_argument("--reference", help="real images .npz to compare against (default: the embedded held-out split)")
@@ -45,10 +61,14 @@ def main(argv=None):
     if args.is_splits < 1:
         raise GFTError(f"--is-splits must be at least 1, got {args.is_splits}")
 
-    extractor = load_extractor(args.extractor)
-    images, labels = load_samples(args.samples, num_classes=extractor.num_classes)
+    if args.features == "inception":
+        extractor = load_inception(args.inception_weights, resize=args.inception_resize, device=args.device)
+    else:
+        extractor = load_extractor(args.extractor)
+    images, labels = load_samples(args.samples, num_classes=extractor.num_classes,
+                                  require_labels=getattr(extractor, "label_classes", True))
     if args.reference:
-        reference = images_reference(extractor, args.reference)
+        reference = file_reference(extractor, args.reference)
     else:
         reference = shapes_reference(extractor, n=args.ref_size, size=images.shape[1])
     result = evaluate_images(images, labels, extractor, reference, k=args.k, is_splits=args.is_splits, seed=args.seed)

@@ -9,7 +9,7 @@
     python scripts/generate.py --model mar --beta 0.5 --steps 16   # continuous MAR: diffusion head per token
     python scripts/generate.py --model var --ckpt runs/var-cfg/model --cfg-scale 2.5   # VAR: CFG ramped over scales
 
-Outputs (in --out): grid.png and samples.npz (images uint8 (N,H,W,3), labels) for a single setting; for several
+Outputs (in --out): grid.png and samples.npz (ADM's layout: arr_0 images uint8 (N,H,W,3), arr_1 labels) for a single setting; for several
 β values, beta_comparison.png plus one samples_beta<β>.npz per value.
 """
 
@@ -26,6 +26,7 @@ from gft_tokens.data.shapes import CLASS_NAMES
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import FAMILIES, check_tokenizer_matches, family_of, get_family, load_model, sample_images
 from gft_tokens.families.options import add_sampling_arguments, common_sampling, sampling_options
+from gft_tokens.eval.npz import write_samples_npz
 from gft_tokens.fs import atomic_file, check_writable
 from gft_tokens.sampling import SamplingStats
 from gft_tokens.tokenizers import load_tokenizer
@@ -113,10 +114,9 @@ def main(argv=None):
         panels.append(panel)
         titles.append(title.replace("beta", "β").replace("cfg_scale", "cfg"))
         suffix = "" if len(settings) == 1 else f"_beta{_fmt(setting['beta'])}"
-        with atomic_file(out / f"samples{suffix}.npz") as fh:
-            np.savez_compressed(fh, images=images, labels=labels.numpy(), classes=np.array(classes),
-                                beta=np.float32(setting.get("beta") if setting.get("beta") is not None else np.nan),
-                                cfg_scale=np.float32(setting["cfg_scale"] if setting["cfg_scale"] is not None else np.nan))
+        write_samples_npz(out / f"samples{suffix}.npz", images, labels.numpy(), classes=np.array(classes),
+                          beta=np.float32(setting.get("beta") if setting.get("beta") is not None else np.nan),
+                          cfg_scale=np.float32(setting["cfg_scale"] if setting["cfg_scale"] is not None else np.nan))
         print(f"{title}: {len(images)} images in {dt:.1f}s ({len(images) / dt:.1f} img/s, "
               f"{stats.nfe_per_image:g} network evaluations per image) -> {out / f'samples{suffix}.npz'}")
     row_h = panels[0].height // len(classes)

@@ -124,7 +124,7 @@ def test_train_sample_sweep_evaluate(trained, tmp_path):
     script_main("generate.py")(["--ckpt", str(runs["cfg"]), "--cfg-scale", "2", "--n-per-class", "1", "--out",
                                 str(out), *flags])
     data = np.load(out / "samples.npz")
-    assert data["images"].shape == (10, 32, 32, 3) and data["labels"].tolist() == list(range(10))
+    assert data["arr_0"].shape == (10, 32, 32, 3) and data["arr_1"].tolist() == list(range(10))
     assert (out / "grid.png").is_file()
 
 

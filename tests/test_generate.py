@@ -29,8 +29,8 @@ def test_generate_writes_png_grid_and_npz(exported, tmp_path):
     img = Image.open(tmp_path / "out" / "grid.png")
     img.verify()
     data = np.load(tmp_path / "out" / "samples.npz")
-    assert data["images"].shape == (6, 32, 32, 3) and data["images"].dtype == np.uint8
-    assert data["labels"].tolist() == [0, 0, 0, 3, 3, 3]
+    assert data["arr_0"].shape == (6, 32, 32, 3) and data["arr_0"].dtype == np.uint8
+    assert data["arr_1"].tolist() == [0, 0, 0, 3, 3, 3]
     assert float(data["beta"]) == 0.5
 
 
@@ -51,7 +51,7 @@ def test_generate_cfg_mode(exported, tmp_path):
     proc = run_script("generate.py", "--ckpt", str(exported), "--cfg-scale", "2.0", "--n-per-class", "1",
                       "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert np.load(tmp_path / "samples.npz")["images"].shape[0] == 10
+    assert np.load(tmp_path / "samples.npz")["arr_0"].shape[0] == 10
 
 
 def test_generate_bad_input_exits_2_without_traceback(exported, tmp_path):

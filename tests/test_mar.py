@@ -411,7 +411,7 @@ def test_training_loop_and_generate(tmp_path):
                       "--classes", "0", "3", "--n-per-class", "2", "--steps", "4", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     Image.open(tmp_path / "out" / "grid.png").verify()
-    assert np.load(tmp_path / "out" / "samples.npz")["images"].shape == (4, 32, 32, 3)
+    assert np.load(tmp_path / "out" / "samples.npz")["arr_0"].shape == (4, 32, 32, 3)
     bad = run_script("generate.py", "--model", "mar", "--ckpt", str(tmp_path / "run" / "model"), "--beta", "0.5",
                      "--order", "random", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "does not apply to mar models" in bad.stderr and "Traceback" not in bad.stderr

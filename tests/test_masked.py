@@ -404,7 +404,7 @@ def test_generate_and_bench_with_the_masked_family(tmp_path):
                       "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     Image.open(tmp_path / "out" / "grid.png").verify()
-    assert np.load(tmp_path / "out" / "samples.npz")["images"].shape == (4, 32, 32, 3)
+    assert np.load(tmp_path / "out" / "samples.npz")["arr_0"].shape == (4, 32, 32, 3)
     proc = run_script("generate.py", "--model", "masked", "--ckpt", str(tmp_path / "m"), "--cfg-scale", "2",
                       "--cfg-schedule", "linear", "--n-per-class", "1", "--out", str(tmp_path / "cfg"))
     assert proc.returncode == 0, proc.stderr

@@ -186,7 +186,7 @@ def test_imported_var_with_its_vqvae_generates_a_grid(official_vae, tmp_path, ca
         convert_state_dict("var", sd, vqvae=official_vae, tokenizer=str(tmp_path / "tok6"))
     script_main("generate.py")(["--ckpt", str(tmp_path / "m"), "--classes", "0", "3", "--n-per-class", "2",
                              "--cfg-scale", "1.5", "--out", str(tmp_path / "s")])
-    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    images = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
     assert images.shape == (4, 32, 32, 3) and images.std() > 0
     assert (tmp_path / "s" / "grid.png").stat().st_size > 0
 
@@ -457,7 +457,7 @@ def test_imported_mar_with_kl16_generates_a_grid(official_mar, tmp_path):
                                          str(tmp_path / "m")])
     script_main("generate.py")(["--ckpt", str(tmp_path / "m"), "--classes", "0", "4", "--n-per-class", "2",
                                 "--cfg-scale", "2.0", "--steps", "2", "--out", str(tmp_path / "s")])
-    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    images = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
     assert images.shape == (4, 8, 8, 3) and images.std() > 0
     assert (tmp_path / "s" / "grid.png").stat().st_size > 0
 

@@ -280,11 +280,11 @@ def test_generate_var_gft_and_cfg(exported, tmp_path):
                       "--n-per-class", "2", "--out", str(tmp_path / "gft"))
     assert proc.returncode == 0, proc.stderr
     data = np.load(tmp_path / "gft" / "samples.npz")
-    assert data["images"].shape == (4, 32, 32, 3) and data["labels"].tolist() == [0, 0, 3, 3]
+    assert data["arr_0"].shape == (4, 32, 32, 3) and data["arr_1"].tolist() == [0, 0, 3, 3]
     proc = run_script("generate.py", "--model", "var", "--ckpt", str(exported), "--cfg", "1.5", "--top-k", "20",
                       "--n-per-class", "1", "--out", str(tmp_path / "cfg"))
     assert proc.returncode == 0, proc.stderr
-    assert np.load(tmp_path / "cfg" / "samples.npz")["images"].shape[0] == 10
+    assert np.load(tmp_path / "cfg" / "samples.npz")["arr_0"].shape[0] == 10
     assert (tmp_path / "cfg" / "grid.png").is_file()
 
 

@@ -12,7 +12,10 @@ subclassing needed): ``name``, ``feature_dim``, ``num_classes`` (None if it does
 (identifies the weights + preprocessing; reference statistics are cached under it) and
 ``extract(images) -> ExtractorOutput(features, probs)`` for images float (B, 3, H, W) in [-1, 1].
 
-Plugging in your own extractor (e.g. ImageNet with an Inception network, offline)
+The FID Inception-v3 (ImageNet numbers comparable to papers) ships as :class:`~gft_tokens.eval.inception.InceptionExtractor`,
+loaded from pytorch-fid's weights file: ``load_inception("pt_inception-2015-12-05-6726825d.pth")``.
+
+Plugging in your own extractor (e.g. another network, offline)
 --------------------------------------------------------------------------------
 Write a class with those five members around your network, loading its weights from a local file, and a
 zero-argument factory; nothing here downloads anything::
@@ -45,17 +48,19 @@ images_reference(extractor, "real.npz"))``. A saved extractor directory can be m
 extractor's class ids to be the generator's (ImageNet's 1000, in the extractor's order).
 """
 
-from .evaluate import Reference, evaluate_images, images_reference, load_samples, shapes_reference
+from .evaluate import Reference, evaluate_images, file_reference, images_reference, load_samples, shapes_reference
 from .features import ExtractorOutput, FeatureExtractor, extract_all, load_extractor, register_extractor
 from .metrics import (class_accuracy, fid_from_features, frechet_distance, gaussian_stats, inception_score,
                       precision_recall)
+from .inception import InceptionExtractor, load_inception
+from .npz import read_npz, write_samples_npz
 from .probe import ShapesProbe
 
 DEFAULT_EXTRACTOR = "tokenizers/shapes-probe"
 
 __all__ = [
-    "DEFAULT_EXTRACTOR", "ExtractorOutput", "FeatureExtractor", "Reference", "ShapesProbe",
-    "class_accuracy", "evaluate_images", "extract_all", "fid_from_features", "frechet_distance", "gaussian_stats",
-    "images_reference", "inception_score", "load_extractor", "load_samples", "precision_recall", "register_extractor",
-    "shapes_reference",
+    "DEFAULT_EXTRACTOR", "ExtractorOutput", "FeatureExtractor", "InceptionExtractor", "Reference",
+    "ShapesProbe", "class_accuracy", "evaluate_images", "extract_all", "fid_from_features", "file_reference",
+    "frechet_distance", "gaussian_stats", "images_reference", "inception_score", "load_extractor", "load_inception",
+    "load_samples", "precision_recall", "read_npz", "register_extractor", "shapes_reference", "write_samples_npz",
 ]

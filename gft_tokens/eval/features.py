@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import GFTError
 from ..fs import read_config_dict
@@ -90,13 +91,21 @@ def uint8_to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_all(extractor: FeatureExtractor, images, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run ``extractor`` over images given as uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1], in batches.
+def extract_all(extractor: FeatureExtractor, images, batch_size: int = 500,
+                progress: bool | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run ``extractor`` over images given as uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1], in batches, with a
+    progress bar on stderr (``progress=None``: only when stderr is a terminal and there is more than one batch).
 
     Returns features (N, D) float64 and probabilities (N, K) float64 (None if the extractor does not classify).
     """
     feats, probs = [], []
-    for i in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    if progress is None:
+        disable = None if len(starts) > 1 else True  # tqdm: None = only on a terminal
+    else:
+        disable = not progress
+    bar = tqdm(total=len(images), desc=f"{extractor.name} features", unit="img", disable=disable, leave=False)
+    for i in starts:
         chunk = images[i:i + batch_size]
         x = uint8_to_float(chunk) if isinstance(chunk, np.ndarray) and chunk.dtype == np.uint8 else torch.as_tensor(chunk)
         out = extractor.extract(x)
@@ -107,5 +116,7 @@ def extract_all(extractor: FeatureExtractor, images, batch_size: int = 500) -> t
         feats.append(f.numpy())
         if out.probs is not None:
             probs.append(out.probs.detach().double().cpu().numpy())
+        bar.update(len(x))
+    bar.close()
     features = np.concatenate(feats)
     return features, (np.concatenate(probs) if probs else None)

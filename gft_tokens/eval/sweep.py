@@ -30,6 +30,7 @@ from ..tokenizers import load_tokenizer
 from ..viz import grid, labelled_panels, png_bytes, to_uint8
 from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, shapes_reference
 from .features import FeatureExtractor
+from .npz import write_samples_npz
 from .spread import DEFAULT_BOOTSTRAP, bootstrap_spread, verdict
 
 DEFAULT_BETAS = (1.0, 0.8, 0.66, 0.5, 0.4, 0.33, 0.25)
@@ -215,10 +216,9 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
             nfe = stats.nfe_per_image
             if samples_dir is not None:
                 path = Path(samples_dir) / spec.name / f"{spec.method}_{value:g}.npz"
-                with atomic_file(path) as fh:
-                    np.savez_compressed(fh, images=images, labels=labels.numpy(), classes=np.arange(num_classes),
-                                        beta=np.float32(value if spec.method == "gft" else np.nan),
-                                        cfg_scale=np.float32(value if spec.method == "cfg" else np.nan))
+                write_samples_npz(path, images, labels.numpy(), classes=np.arange(num_classes),
+                                  beta=np.float32(value if spec.method == "gft" else np.nan),
+                                  cfg_scale=np.float32(value if spec.method == "cfg" else np.nan))
             metrics = evaluate_images(images, labels.numpy(), extractor, reference, seed=seed)
             if bootstrap:
                 spread = bootstrap_spread(images, labels.numpy(), extractor, reference, bootstrap, seed)
