@@ -76,6 +76,7 @@ class MARConfig(PretrainedConfig):
         pos_init: str = "normal",
         preset: str | None = None,
         tokenizer: dict | None = None,
+        dataset: dict | None = None,
         **kwargs,
     ):
         values = dict(locals())
@@ -88,6 +89,7 @@ class MARConfig(PretrainedConfig):
         self.num_sampling_steps, self.diffusion_batch_mul = int(num_sampling_steps), int(diffusion_batch_mul)
         self.preset = preset
         self.tokenizer = tokenizer  # what the model was trained with (type, latent_channels, grid_size, ...)
+        self.dataset = dataset  # what it was trained on: {name, class_names} (None: unknown)
         super().__init__(**kwargs)
         if self.token_dim < 1:
             raise GFTError(f"token_dim (latent channels) must be ≥ 1, got {self.token_dim}")
