@@ -20,10 +20,14 @@ import argparse
 import json
 import sys
 
+import torch
+
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, images_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
+from gft_tokens.eval.datasets import check_extractor_dataset, data_reference, samples_dataset
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
+from gft_tokens.paths import shipped
 
 
 @cli_main
@@ -32,7 +36,11 @@ def main(argv=None):
     p.add_argument("--samples", required=True, help="samples .npz (images uint8 (N,H,W,3), labels (N,))")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
                    help=f"feature extractor: a saved directory or 'module:factory' (default: {DEFAULT_EXTRACTOR})")
-    p.add_argument("--reference", help="real images .npz to compare against (default: the embedded held-out split)")
+    p.add_argument("--reference", help="real images to compare against: an .npz (images uint8 (N,H,W,3)), an image "
+                                       "folder or a shard pattern of images (default: the embedded held-out split)")
+    p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
+                   help="score samples of one dataset with an extractor trained on another (default: refused)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
                    help=f"held-out images in the embedded reference (default: {DEFAULT_REF_SIZE})")
     p.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
@@ -45,16 +53,27 @@ def main(argv=None):
     if args.is_splits < 1:
         raise GFTError(f"--is-splits must be at least 1, got {args.is_splits}")
 
-    extractor = load_extractor(args.extractor)
+    if args.threads < 0:
+        raise GFTError(f"--threads must be at least 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extractor = load_extractor(shipped(args.extractor) if args.extractor == DEFAULT_EXTRACTOR else args.extractor)
+    dataset = samples_dataset(args.samples)
+    check_extractor_dataset(extractor, dataset, args.allow_foreign_extractor)
     images, labels = load_samples(args.samples, num_classes=extractor.num_classes)
-    if args.reference:
+    if args.reference and not str(args.reference).endswith(".npz"):
+        reference = data_reference(extractor, args.reference, size=images.shape[1], n=args.ref_size)
+    elif args.reference:
         reference = images_reference(extractor, args.reference)
+    elif dataset not in (None, "shapes"):
+        raise GFTError(f"the samples are of {dataset!r}: give --reference (its real images: a folder, shards or an "
+                       ".npz); the default reference is the embedded shapes data")
     else:
         reference = shapes_reference(extractor, n=args.ref_size, size=images.shape[1])
     result = evaluate_images(images, labels, extractor, reference, k=args.k, is_splits=args.is_splits, seed=args.seed)
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    result = {"samples": str(args.samples), **result, "extractor": extractor.fingerprint,
+    result = {"samples": str(args.samples), "dataset": dataset, **result, "extractor": extractor.fingerprint,
               "reference": reference.description}
     if args.json:
         print(json.dumps(result))

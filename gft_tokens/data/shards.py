@@ -152,7 +152,7 @@ def image_views(image, size: int, ten_crop: bool = False, crop_range: float = 1.
     """Augmented views as LlamaGen's code extraction makes them: (views, 3, size, size) in [-1, 1].
 
     ``ten_crop``: centre-crop to ``int(size·crop_range)``, then the four corners and the centre at ``size`` and
-    their horizontal flips (torchvision's TenCrop order) — 10 views. Otherwise the centre crop at ``size`` and its
+    their horizontal flips (torchvision's TenCrop order) — 10 views (5 with ``flip=False``). Otherwise the centre crop at ``size`` and its
     flip (2 views), or only the crop (``flip=False``).
     """
     if ten_crop:
@@ -161,7 +161,8 @@ def image_views(image, size: int, ten_crop: bool = False, crop_range: float = 1.
         c = int(round((h - s) / 2.0))
         crops = [big[:, :s, :s], big[:, :s, h - s:], big[:, h - s:, :s], big[:, h - s:, h - s:],
                  big[:, c:c + s, c:c + s]]
-        crops += [torch.flip(x, dims=[-1]) for x in crops]
+        if flip:
+            crops += [torch.flip(x, dims=[-1]) for x in crops]
         return torch.stack(crops)
     x = to_tensor(center_crop(image, size))
     return torch.stack([x, torch.flip(x, dims=[-1])] if flip else [x])
@@ -265,7 +266,7 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
         for _ in range(skipped[0]):
             yield "unreadable", -1, None
 
-    meta = {k: meta[k] for k in ("num_classes", "class_names") if k in meta}
+    meta = {k: meta[k] for k in ("num_classes", "class_names", "name") if k in meta}
     return {**meta, "source": data}, from_shards()
 
 
