@@ -67,12 +67,10 @@ def test_readme_walkthrough_runs_on_a_generated_folder(tmp_path, monkeypatch, ca
     make_folder(work / "my_images")
     monkeypatch.chdir(work)
     commands = readme_walkthrough()
-    assert [Path(c[1] if c[0] == "deepspeed" else c[2]).name for c in commands] == list(FAST)
+    assert [Path(c[1]).name for c in commands] == list(FAST)
     for argv in commands:
-        script = argv[1] if argv[0] == "deepspeed" else argv[2]
-        assert argv[0] in ("python", "deepspeed") and script.startswith("scripts/")
-        args = argv[2:] if argv[0] == "deepspeed" else argv[3:]
-        name = Path(script).name
+        assert argv[0] in ("python", "deepspeed") and argv[1].startswith("scripts/")
+        name, args = Path(argv[1]).name, argv[2:]
         capsys.readouterr()
         script_main(name)(args + FAST[name])
     out = capsys.readouterr().out
