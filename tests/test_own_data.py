@@ -343,3 +343,16 @@ def test_default_paths_resolve_in_the_repository(tmp_path, monkeypatch):
     assert shipped("does/not/exist") == "does/not/exist"
     (tmp_path / "tokenizers/shapes-probe").mkdir(parents=True)  # a local one wins
     assert shipped("tokenizers/shapes-probe") == "tokenizers/shapes-probe"
+
+
+def test_own_data_never_overwrites_a_shipped_tokenizer_or_probe(folder):
+    from gft_tokens.eval.probe import ProbeTrainOptions, train_probe
+    from gft_tokens.tokenizers.trainer import TokenizerTrainOptions, train_tokenizer
+
+    before = (ROOT / "tokenizers/shapes-vq/model.safetensors").stat().st_mtime
+    with pytest.raises(GFTError, match="with --data give --out"):
+        train_tokenizer("gft_vq_tokenizer", {}, TokenizerTrainOptions(data=str(folder), steps=1,
+                                                                     out=str(ROOT / "tokenizers/shapes-vq")))
+    with pytest.raises(GFTError, match="with --data give --out"):
+        train_probe(ProbeTrainOptions(data=str(folder), steps=1))
+    assert (ROOT / "tokenizers/shapes-vq/model.safetensors").stat().st_mtime == before

@@ -8,7 +8,9 @@ kind, the number of classes and, for codes, the tokenizer that produced them.
 Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
 (``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass
 through a shuffle buffer, all from the run's seed. Images are encoded with the run's tokenizer in the training
-process (centre-cropped to its image size, randomly flipped); codes shards give one random view per sample.
+process (centre-cropped to its image size, randomly flipped unless ``flip=False``, ``--no-flip``); codes shards
+give one random view per sample. ``holdout`` (``--val-fraction``) drops the samples whose key hashes into that
+fraction (:func:`in_holdout`); :func:`validation_codes` reads exactly those once, as the validation set.
 Samples that cannot be read (a broken tar member, a missing ``cls``, an undecodable image, a class id out of
 range) are skipped and counted; the count reaches the training log.
 
@@ -566,8 +568,8 @@ def load_labelled_images(data: str, *, size: int | None = None, count: int | Non
 
 
 def data_image_size(data: str) -> int | None:
-    """The image size of ``data`` without reading it all: ``dataset.json``'s ``image_size`` or the first image's
-    shorter side (None for 'shapes')."""
+    """The image size of ``data`` without reading it all: the first readable image's shorter side (None for
+    'shapes')."""
     if data == "shapes":
         return None
     _, items = labelled_images(data, count=1)

@@ -35,6 +35,19 @@ def samples_dataset(path: str | Path) -> str | None:
     return None
 
 
+def samples_class_names(path: str | Path) -> list[str] | None:
+    """The class names of a samples ``.npz`` in class-id order (generate.py stores the rows' names in
+    ``class_names`` beside their ids in ``classes``); None when absent."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "class_names" not in data.files or "classes" not in data.files:
+                return None
+            by_id = dict(zip(data["classes"].tolist(), data["class_names"].tolist()))
+    except Exception:
+        return None
+    return [str(by_id.get(i, i)) for i in range(max(by_id) + 1)] if by_id else None
+
+
 def check_extractor_dataset(extractor, dataset: str | None, allow_foreign: bool = False) -> None:
     """Refuse, in one line, an extractor trained on another dataset than ``dataset`` (unless ``allow_foreign``,
     or either side is unknown / neutral)."""

@@ -62,6 +62,9 @@ class TokenizerTrainOptions:
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>.checkpoints")
 
 
+SHIPPED_OUTS = {(Path(__file__).resolve().parents[2] / "tokenizers" / n).resolve() for n in
+                ("shapes-vq", "shapes-msvq", "shapes-kl", "shapes-probe")}
+
 RESUME_KEYS = ("batch_size", "train_images", "seed", "l1_weight", "weight_decay", "data", "image_size", "flip",
                "eval_fraction", "eval_images")
 
@@ -224,6 +227,8 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
         torch.set_num_threads(o.threads)
     if o.steps <= 0 or o.batch_size <= 0:
         raise GFTError("steps and batch_size must be positive")
+    if o.data != "shapes" and Path(o.out).resolve() in SHIPPED_OUTS:
+        raise GFTError(f"with --data give --out: {o.out} is a shipped tokenizer of the embedded data")
     cls = TOKENIZER_CLASSES[kind]
     model_options = _image_size(model_options, o, where)
     config = build_config(cls.config_class, model_options, where)

@@ -212,7 +212,7 @@ def _validate(module, adapter, objective, val, o: TrainOptions, device) -> dict:
     return {k: round(v / n, 5) for k, v in totals.items()}
 
 
-def _validation_set(o: TrainOptions, tokenizer, data, world: int):
+def _validation_set(o: TrainOptions, tokenizer, data):
     """(codes, labels) of the validation set, or None; for the embedded data with --val-fraction, also the
     training data with the held-out images removed."""
     from ..data.shards import validation_codes
@@ -290,7 +290,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
         if rank != 0:
             data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed, flip=o.flip)
     num_classes = data.num_classes if stream is None else stream.num_classes
-    val, data = _validation_set(o, tokenizer, data, world)
+    val, data = _validation_set(o, tokenizer, data)
     if stream is None:
         dataset = {"name": "shapes", "class_names": list(CLASS_NAMES)}
     else:
