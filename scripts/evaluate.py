@@ -25,7 +25,8 @@ import torch
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, images_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
-from gft_tokens.eval.datasets import check_extractor_dataset, data_reference, samples_class_names, samples_dataset
+from gft_tokens.eval.datasets import (check_extractor_dataset, data_reference, extractor_dataset, samples_class_names,
+                                      samples_dataset)
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 from gft_tokens.paths import shipped
 
@@ -77,6 +78,7 @@ def main(argv=None):
     if names is not None and result.get("per_class_accuracy") is not None:
         result["per_class_accuracy_by_name"] = dict(zip(names, result["per_class_accuracy"]))
     result = {"samples": str(args.samples), "dataset": dataset, **result, "extractor": extractor.fingerprint,
+              "extractor_dataset": extractor_dataset(extractor),
               "reference": reference.description}
     if args.json:
         print(json.dumps(result))

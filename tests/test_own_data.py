@@ -4,7 +4,6 @@ default paths, help rendering)."""
 
 import json
 import math
-import os
 import re
 import shlex
 from pathlib import Path
@@ -94,7 +93,8 @@ def test_readme_walkthrough_runs_on_a_generated_folder(tmp_path, monkeypatch, ca
     probe = json.loads((work / "tokenizers/mine-probe/config.json").read_text())
     assert probe["dataset"]["name"] == "my_images" and probe["num_classes"] == 2
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["dataset"] == "my_images" and result["n"] == 6 and result["class_accuracy"] is not None
+    assert result["dataset"] == result["extractor_dataset"] == "my_images" and result["n"] == 6
+    assert set(result["per_class_accuracy_by_name"]) == set(NAMES)
 
 
 # -- tokenizer training on your data -----------------------------------------------------------------------------

@@ -143,7 +143,8 @@ class ProbeTrainOptions:
     weight_decay: float = opt(1e-4, "AdamW weight decay")
     aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss")
     tokenizer: str | None = opt("tokenizers/shapes-vq", "also report accuracy on this tokenizer's reconstructions "
-                                                        "of the held-out images ('' to skip; with --data: only when given)")
+                                                        "of the held-out images ('' to skip; with --data: only when "
+                                                        "given)")
     seed: int = opt(0, "seed of initialisation, batch order and augmentation")
     threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
 
@@ -241,7 +242,8 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
         if o.tokenizer == ProbeTrainOptions.tokenizer:  # the shapes tokenizer says nothing about your data
             tokenizer = None
         elif tokenizer is not None and tokenizer.image_size != size:
-            log(f"not scoring reconstructions: {o.tokenizer} takes {tokenizer.image_size} px images, the data is {size} px")
+            log(f"not scoring reconstructions: {o.tokenizer} takes {tokenizer.image_size} px images, the data is "
+                f"{size} px")
             tokenizer = None
     else:
         ds = ShapesDataset(length=o.train_images, size=32, seed=PROBE_SEED)

@@ -30,7 +30,7 @@ from ..tokenizers import load_tokenizer
 from ..viz import grid, labelled_panels, png_bytes, to_uint8
 from ..families.classes import model_class_names
 from ..paths import shipped
-from .datasets import check_extractor_dataset, data_reference, model_dataset
+from .datasets import check_extractor_dataset, data_reference, extractor_dataset, model_dataset
 from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, images_reference, shapes_reference
 from .features import FeatureExtractor
 
@@ -201,6 +201,7 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     done = {(r["run"], r.get("ckpt_sha256"), r["setting"]): r for r in previous}
     rows: list[dict] = []
     meta = {"options": options, "runs": [vars(r) for r in runs], "dataset": dataset,
+            "extractor_dataset": extractor_dataset(extractor),
             "class_names": model_class_names(first_model.config)}
 
     labels = torch.arange(num_classes).repeat_interleave(n_per_class)
