@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, group_title: str | None 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         base, is_list = _base_type(hints[f.name])
         if base is dict:  # mappings are given in the YAML file only

@@ -28,11 +28,16 @@ import argparse
 import json
 import sys
 
+import torch
+
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, file_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
+from gft_tokens.eval.datasets import (check_extractor_dataset, data_reference, extractor_dataset, samples_class_names,
+                                      samples_dataset)
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 from gft_tokens.eval.inception import load_inception
+from gft_tokens.paths import shipped
 
 
 @cli_main
@@ -48,7 +53,11 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="device of the Inception network (default: cpu)")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
                    help=f"feature extractor: a saved directory or 'module:factory' (default: {DEFAULT_EXTRACTOR})")
-    p.add_argument("--reference", help="real images .npz to compare against (default: the embedded held-out split)")
+    p.add_argument("--reference", help="real images to compare against: an .npz (images uint8 (N,H,W,3)), an image "
+                                       "folder or a shard pattern of images (default: the embedded held-out split)")
+    p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
+                   help="score samples of one dataset with an extractor trained on another (default: refused)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
                    help=f"held-out images in the embedded reference (default: {DEFAULT_REF_SIZE})")
     p.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
@@ -61,20 +70,35 @@ def main(argv=None):
     if args.is_splits < 1:
         raise GFTError(f"--is-splits must be at least 1, got {args.is_splits}")
 
+    if args.threads < 0:
+        raise GFTError(f"--threads must be at least 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.features == "inception":
         extractor = load_inception(args.inception_weights, resize=args.inception_resize, device=args.device)
     else:
-        extractor = load_extractor(args.extractor)
+        extractor = load_extractor(shipped(args.extractor) if args.extractor == DEFAULT_EXTRACTOR else args.extractor)
+    dataset = samples_dataset(args.samples)
+    check_extractor_dataset(extractor, dataset, args.allow_foreign_extractor)
     images, labels = load_samples(args.samples, num_classes=extractor.num_classes,
                                   require_labels=getattr(extractor, "label_classes", True))
-    if args.reference:
+    if args.reference and not str(args.reference).endswith(".npz"):
+        reference = data_reference(extractor, args.reference, size=images.shape[1], n=args.ref_size)
+    elif args.reference:
         reference = file_reference(extractor, args.reference)
+    elif dataset not in (None, "shapes"):
+        raise GFTError(f"the samples are of {dataset!r}: give --reference (its real images: a folder, shards or an "
+                       ".npz); the default reference is the embedded shapes data")
     else:
         reference = shapes_reference(extractor, n=args.ref_size, size=images.shape[1])
     result = evaluate_images(images, labels, extractor, reference, k=args.k, is_splits=args.is_splits, seed=args.seed)
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    result = {"samples": str(args.samples), **result, "extractor": extractor.fingerprint,
+    names = samples_class_names(args.samples)
+    if names is not None and result.get("per_class_accuracy") is not None:
+        result["per_class_accuracy_by_name"] = dict(zip(names, result["per_class_accuracy"]))
+    result = {"samples": str(args.samples), "dataset": dataset, **result, "extractor": extractor.fingerprint,
+              "extractor_dataset": extractor_dataset(extractor),
               "reference": reference.description}
     if args.json:
         print(json.dumps(result))

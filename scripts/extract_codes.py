@@ -8,7 +8,7 @@
 
 Augmentation as LlamaGen's extract_codes_c2i.py: each image is centre-cropped to the tokenizer's image size and
 stored with its horizontal flip (2 views; --no-flip: 1), or with --ten-crop centre-cropped to int(size x
---crop-range) and cut into the four corners and the centre plus their flips (10 views). Training picks one view
+--crop-range) and cut into the four corners and the centre plus their flips (10 views; --no-flip: 5). Training picks one view
 per sample at random. --data is 'shapes', an image folder (one sub-folder per class) or a shard pattern of images.
 dataset.json records the tokenizer; training refuses codes made by a different one.
 """
@@ -37,12 +37,18 @@ def main(argv=None):
                         help="10 views: corners + centre of a crop_range-enlarged centre crop, and their flips")
     parser.add_argument("--crop-range", type=float, default=1.1, help="ten-crop enlargement (default: 1.1)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                        help="without --ten-crop: also store the flipped image (default: yes)")
+                        help="also store the flipped image (with --ten-crop: the flipped crops; --no-flip: 1 view, "
+                             "or the 5 crops) (default: yes)")
     parser.add_argument("--count", type=int, default=None, help="number of images (shapes: default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="shapes: dataset seed; folder: order seed")
     parser.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        raise GFTError(f"--threads must be at least 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.crop_range < 1.0:
         raise GFTError(f"--crop-range must be at least 1, got {args.crop_range}")
     tokenizer = load_tokenizer(args.tokenizer)
@@ -76,8 +82,8 @@ def main(argv=None):
             yield from encode(batch)
 
     extra = {"kind": "codes", **meta, "tokenizer": {**tokenizer.describe(), "path": args.tokenizer},
-             "ten_crop": args.ten_crop, "crop_range": args.crop_range if args.ten_crop else None,
-             "views": 10 if args.ten_crop else (2 if args.flip else 1)}
+             "ten_crop": args.ten_crop, "flip": args.flip, "crop_range": args.crop_range if args.ten_crop else None,
+             "views": (10 if args.flip else 5) if args.ten_crop else (2 if args.flip else 1)}
     written = write_shards(samples(), args.out, args.shard_size, extra)
     print(f"wrote codes of {written['count']} images x {written['views']} views in {written['shards']} shard(s) to "
           f"{args.out}/{written['pattern']} ({skipped[0]} unreadable skipped)")

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gft_tokens.data.shapes import CLASS_NAMES
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import FAMILIES, check_tokenizer_matches, family_of, get_family, load_model, sample_images
+from gft_tokens.families.classes import model_class_names, resolve_classes
 from gft_tokens.families.options import add_sampling_arguments, common_sampling, sampling_options
 from gft_tokens.eval.npz import write_samples_npz
 from gft_tokens.fs import atomic_file, check_writable
+from gft_tokens.paths import shipped
 from gft_tokens.sampling import SamplingStats
 from gft_tokens.tokenizers import load_tokenizer
 from gft_tokens.viz import grid, labelled_panels, png_bytes, to_uint8
@@ -49,14 +50,22 @@ def main(argv=None):
                    help="classifier-free guidance scale w, u + w(c - u), for every family (2 passes; 1 = one pass)")
     p.add_argument("--cfg", type=float, metavar="T",
                    help="the same in VAR's convention (1 + t)c - t*u: --cfg T is --cfg-scale 1+T")
-    p.add_argument("--classes", type=int, nargs="+", help="class ids, one row each (default: all classes)")
+    p.add_argument("--classes", nargs="+", metavar="CLASS",
+                   help="classes by id or by name (the model's dataset record), one row each (default: all)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="one class, by name or id (the same as --classes NAME)")
     p.add_argument("--n-per-class", type=int, default=8, help="samples per class (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--out", help="output dir (default: samples/<model>)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (default: 4)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
+    if args.threads < 0:
+        raise GFTError(f"--threads must be at least 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     ckpt = Path(args.ckpt or f"runs/{args.model}/model")
     if not ckpt.exists():
@@ -68,7 +77,7 @@ def main(argv=None):
     model = load_model(ckpt)
     family = family_of(model)
     record = model.config.tokenizer or {}
-    tok_path = args.tokenizer or record.get("path")
+    tok_path = args.tokenizer or shipped(record.get("path"))
     if not tok_path:
         raise GFTError(f"{ckpt} records no tokenizer path; pass --tokenizer")
     tokenizer = load_tokenizer(tok_path)
@@ -79,10 +88,11 @@ def main(argv=None):
     family.sampling_kwargs(**options)  # refuses an option this family does not take, before sampling
 
     num_classes = model.config.num_classes
-    classes = args.classes if args.classes is not None else list(range(num_classes))
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad:
-        raise GFTError(f"class id {bad[0]} is outside [0, {num_classes}) (the model has {num_classes} classes)")
+    class_names = model_class_names(model.config)
+    if args.class_name is not None and args.classes is not None:
+        raise GFTError("give --class NAME or --classes, not both")
+    wanted = [args.class_name] if args.class_name is not None else args.classes
+    classes = resolve_classes(wanted, class_names) if wanted is not None else list(range(num_classes))
     if args.n_per_class <= 0:
         raise GFTError(f"--n-per-class must be positive, got {args.n_per_class}")
     for b in args.beta or []:
@@ -95,7 +105,8 @@ def main(argv=None):
     settings = [{"beta": b, "cfg_scale": cfg_scale} for b in args.beta] if args.beta else [{"cfg_scale": cfg_scale}]
 
     labels = torch.tensor([c for c in classes for _ in range(args.n_per_class)], dtype=torch.long)
-    names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) and c < len(CLASS_NAMES) else str(c) for c in classes]
+    names = [class_names[c] for c in classes]
+    dataset = (model.config.dataset or {}).get("name") or ""
     out = Path(args.out or f"samples/{family.name}")
     check_writable(out)  # before sampling, not after
     panels, titles = [], []
@@ -115,6 +126,7 @@ def main(argv=None):
         titles.append(title.replace("beta", "β").replace("cfg_scale", "cfg"))
         suffix = "" if len(settings) == 1 else f"_beta{_fmt(setting['beta'])}"
         write_samples_npz(out / f"samples{suffix}.npz", images, labels.numpy(), classes=np.array(classes),
+                          class_names=np.array(names), dataset=np.array(dataset),
                           beta=np.float32(setting.get("beta") if setting.get("beta") is not None else np.nan),
                           cfg_scale=np.float32(setting["cfg_scale"] if setting["cfg_scale"] is not None else np.nan))
         print(f"{title}: {len(images)} images in {dt:.1f}s ({len(images) / dt:.1f} img/s, "

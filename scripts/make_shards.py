@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -88,8 +89,9 @@ def main(argv=None):
                     ext, data = args.format, encode(decode_image(data))
                 yield {"__key__": f"{i:08d}", ext: data, "cls": str(label).encode()}
 
+    name = "shapes" if args.source == "shapes" else Path(args.source.rstrip("/")).name
     written = write_shards(samples(), args.out, args.shard_size,
-                           {"kind": "images", **meta, "image_size": args.image_size})
+                           {"kind": "images", "name": name, **meta, "image_size": args.image_size})
     print(f"wrote {written['count']} images in {written['shards']} shard(s) to {args.out}/{written['pattern']}"
           f" ({written['num_classes']} classes; {skipped[0]} unreadable skipped)")
 

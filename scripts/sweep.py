@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gft_tokens.errors import GFTError, cli_main
+from gft_tokens.paths import shipped
 from gft_tokens.eval import DEFAULT_EXTRACTOR, load_extractor
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 from gft_tokens.eval.sweep import DEFAULT_BETAS, DEFAULT_CFG_SCALES, parse_run, run_sweep
@@ -53,7 +54,11 @@ def main(argv=None):
     p.add_argument("--bootstrap", type=int, default=20,
                    help="bootstrap resamples per setting for the FID / accuracy spreads, 0 = none (default: 20)")
     p.add_argument("--out", default="docs/sweep", help="output directory (default: docs/sweep)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's own choice)")
+    p.add_argument("--reference", help="real images of the models' dataset: a folder, shards or an .npz (default: "
+                                       "the embedded held-out split)")
+    p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
+                   help="score models of one dataset with an extractor trained on another (default: refused)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
     if args.threads < 0:
@@ -62,11 +67,16 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     runs = [parse_run(t, "gft") for t in args.gft] + [parse_run(t, "cfg") for t in args.cfg]
-    extractor = load_extractor(args.extractor)
+    if args.threads < 0:
+        raise GFTError(f"--threads must be at least 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extractor = load_extractor(shipped(args.extractor) if args.extractor == DEFAULT_EXTRACTOR else args.extractor)
     run_sweep(runs, extractor, Path(args.out), ref_size=args.ref_size, family=args.model, betas=args.betas,
               cfg_scales=args.cfg_scales, n_per_class=args.n_per_class, batch_size=args.batch_size, seed=args.seed,
               samples_dir=Path(args.samples_dir) if args.samples_dir else None, floors=args.floors,
               resume=args.resume, family_options=sampling_options(args), bootstrap=args.bootstrap,
+              reference_data=args.reference, allow_foreign_extractor=args.allow_foreign_extractor,
               **common_sampling(args))
     print(f"wrote {Path(args.out) / 'results.md'}")
 

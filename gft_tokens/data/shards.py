@@ -9,7 +9,9 @@ shards records the kind, the number of classes and, for codes, the tokenizer tha
 Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
 (``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass
 through a shuffle buffer, all from the run's seed. Images are encoded with the run's tokenizer in the training
-process (centre-cropped to its image size, randomly flipped); codes shards give one random view per sample.
+process (centre-cropped to its image size, randomly flipped unless ``flip=False``, ``--no-flip``); codes shards
+give one random view per sample. ``holdout`` (``--val-fraction``) drops the samples whose key hashes into that
+fraction (:func:`in_holdout`); :func:`validation_codes` reads exactly those once, as the validation set.
 Samples that cannot be read (a broken tar member, a missing ``cls``, an undecodable image, a class id out of
 range) are skipped and counted; the count reaches the training log.
 
@@ -29,6 +31,7 @@ import itertools
 import json
 import random
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -152,7 +155,7 @@ def image_views(image, size: int, ten_crop: bool = False, crop_range: float = 1.
     """Augmented views as LlamaGen's code extraction makes them: (views, 3, size, size) in [-1, 1].
 
     ``ten_crop``: centre-crop to ``int(size·crop_range)``, then the four corners and the centre at ``size`` and
-    their horizontal flips (torchvision's TenCrop order) — 10 views. Otherwise the centre crop at ``size`` and its
+    their horizontal flips (torchvision's TenCrop order) — 10 views (5 with ``flip=False``). Otherwise the centre crop at ``size`` and its
     flip (2 views), or only the crop (``flip=False``).
     """
     if ten_crop:
@@ -161,7 +164,8 @@ def image_views(image, size: int, ten_crop: bool = False, crop_range: float = 1.
         c = int(round((h - s) / 2.0))
         crops = [big[:, :s, :s], big[:, :s, h - s:], big[:, h - s:, :s], big[:, h - s:, h - s:],
                  big[:, c:c + s, c:c + s]]
-        crops += [torch.flip(x, dims=[-1]) for x in crops]
+        if flip:
+            crops += [torch.flip(x, dims=[-1]) for x in crops]
         return torch.stack(crops)
     x = to_tensor(center_crop(image, size))
     return torch.stack([x, torch.flip(x, dims=[-1])] if flip else [x])
@@ -265,7 +269,7 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
         for _ in range(skipped[0]):
             yield "unreadable", -1, None
 
-    meta = {k: meta[k] for k in ("num_classes", "class_names") if k in meta}
+    meta = {k: meta[k] for k in ("num_classes", "class_names", "name") if k in meta}
     return {**meta, "source": data}, from_shards()
 
 
@@ -308,6 +312,12 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
 # ---------------------------------------------------------------------------------------------------------------
 # The training stream
 # ---------------------------------------------------------------------------------------------------------------
+def in_holdout(key: str, fraction: float) -> bool:
+    """Whether the sample ``key`` falls in the held-out ``fraction`` (a hash of the key: the same split on every
+    rank, worker, epoch and resume, whatever the shard order)."""
+    return zlib.crc32(str(key).encode()) / 2**32 < fraction
+
+
 def _complete(sample: dict) -> bool:
     return "cls" in sample and (CODES_KEY in sample or any(k in sample for k in IMAGE_KEYS))
 
@@ -315,10 +325,12 @@ def _complete(sample: dict) -> bool:
 class _Samples(torch.utils.data.IterableDataset):
     """One rank's endless stream of decoded samples ``(tensor, label, skipped_since_last)``; see the module doc."""
 
-    def __init__(self, shards, kind, num_classes, image_size, seed, rank, skip, buffer):
+    def __init__(self, shards, kind, num_classes, image_size, seed, rank, skip, buffer, flip=True,
+                 holdout=0.0):
         super().__init__()
         self.shards, self.kind, self.num_classes, self.image_size = shards, kind, num_classes, image_size
         self.seed, self.rank, self.skip, self.buffer = seed, rank, skip, buffer
+        self.flip, self.holdout = flip, holdout
 
     def _decode(self, sample: dict, aug: int):
         label = int(sample["cls"].decode().strip())
@@ -330,7 +342,7 @@ class _Samples(torch.utils.data.IterableDataset):
             return torch.from_numpy(codes.astype(np.int64)), label
         data = next(sample[k] for k in IMAGE_KEYS if k in sample)
         x = to_tensor(center_crop(decode_image(data), self.image_size))
-        return (torch.flip(x, dims=[-1]) if aug & 1 else x), label
+        return (torch.flip(x, dims=[-1]) if self.flip and aug & 1 else x), label
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -354,6 +366,8 @@ class _Samples(torch.utils.data.IterableDataset):
                     if not _complete(sample):
                         skipped[0] += 1
                         continue
+                    if self.holdout and in_holdout(sample.get("__key__", ""), self.holdout):
+                        continue  # the validation split (--val-fraction): never trained on
                     buf.append(sample)
                     if len(buf) < self.buffer:
                         continue
@@ -387,13 +401,15 @@ class ShardStream:
     """
 
     def __init__(self, spec: str, *, tokenizer, rank: int, world: int, batch_size: int, seed: int = 0,
-                 workers: int = 2, num_classes: int | None = None, buffer: int = 1000):
+                 workers: int = 2, num_classes: int | None = None, buffer: int = 1000, flip: bool = True,
+                 holdout: float = 0.0):
         self.spec, self.tokenizer, self.batch_size = spec, tokenizer, batch_size
-        self.rank, self.seed, self.buffer = rank, seed, buffer
+        self.rank, self.seed, self.buffer, self.flip, self.holdout = rank, seed, buffer, flip, holdout
+        self.all_shards = None
         shards = expand_shards(spec)
         if len(shards) < world:
             raise GFTError(f"{len(shards)} shard(s) cannot be split over {world} processes: make at least {world}")
-        self.shards = shards[rank::world]
+        self.all_shards, self.shards = shards, shards[rank::world]
         for path in self.shards:
             check_shard(path)
         self.meta = read_meta(shards)
@@ -423,7 +439,7 @@ class ShardStream:
     def start(self, skip: int = 0) -> None:
         """Begin the stream after ``skip`` samples of this rank (the position of a resumed run)."""
         dataset = _Samples(self.shards, self.kind, self.num_classes, self.tokenizer.image_size, self.seed,
-                           self.rank, skip, self.buffer)
+                           self.rank, skip, self.buffer, flip=self.flip, holdout=self.holdout)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
                                              persistent_workers=False)
         self._iter = iter(loader)
@@ -455,4 +471,110 @@ class ShardStream:
         return codes, torch.tensor(labels, dtype=torch.long)
 
     def describe(self) -> str:
-        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec})"
+        aug = "" if self.kind == "codes" else (", random flips" if self.flip else ", no flips")
+        held = f", {self.holdout:.0%} held out for validation" if self.holdout else ""
+        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec}{aug}{held})"
+
+    def class_names(self) -> list[str] | None:
+        names = self.meta.get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def dataset_record(meta: dict, source: str, num_classes: int) -> dict:
+    """The ``dataset`` record a trained model keeps: ``{name, class_names}`` (names from ``dataset.json`` or the
+    class folders; ids as strings when unknown)."""
+    names = meta.get("class_names")
+    if not isinstance(names, list) or len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    name = meta.get("name") or meta.get("source") or source
+    if name not in ("shapes",):
+        name = Path(str(name).rstrip("/")).name or str(name)
+        if name.endswith(".tar") or "{" in name or "*" in name:  # a shard pattern: name it by its folder
+            name = Path(str(meta.get("source") or source)).parent.name or name
+    return {"name": str(name), "class_names": [str(n) for n in names]}
+
+
+def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int,
+                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and labels of a validation set, read once without augmentation (the first view of codes samples).
+
+    ``fraction`` None: every sample of ``spec`` (``--val-data``); else the samples whose key falls in the held-out
+    ``fraction`` of the training shards (``--val-fraction``, see :func:`in_holdout`). At most ``limit`` samples.
+    """
+    shards = expand_shards(spec)
+    for path in shards:
+        check_shard(path)
+    kind = sample_kind(first_sample(shards[0]), shards[0])
+    xs, labels, out = [], [], []
+
+    def flush():
+        if xs:
+            x = torch.stack(xs)
+            out.append(encode_codes(tokenizer, x) if kind == "images" else x)
+            xs.clear()
+
+    for sample in _raw_samples(shards, lambda _exn: True):
+        if len(labels) >= limit:
+            break
+        if not _complete(sample):
+            continue
+        if fraction is not None and not in_holdout(sample.get("__key__", ""), fraction):
+            continue
+        try:
+            label = int(sample["cls"].decode().strip())
+            if kind == "codes":
+                codes = np.load(io.BytesIO(sample[CODES_KEY]), allow_pickle=False)
+                x = torch.from_numpy((codes[0] if codes.ndim >= 2 else codes).astype(np.int64))
+            else:
+                x = to_tensor(center_crop(decode_image(next(sample[k] for k in IMAGE_KEYS if k in sample)),
+                                          tokenizer.image_size))
+        except Exception:
+            continue
+        xs.append(x)
+        labels.append(label)
+        if len(xs) == batch_size:
+            flush()
+    flush()
+    if not labels:
+        what = f"the held-out {fraction:.0%} of {spec}" if fraction is not None else spec
+        raise GFTError(f"no validation samples in {what}")
+    return torch.cat(out), torch.tensor(labels, dtype=torch.long)
+
+
+def load_labelled_images(data: str, *, size: int | None = None, count: int | None = None, seed: int = 0,
+                         desc: str = "read images") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """All images of ``data`` (an image folder, a shard pattern of images, or 'shapes') as one tensor
+    (N, 3, S, S) in [-1, 1], their labels (N,) and the data's metadata (``num_classes``, ``class_names``,
+    ``image_size`` = S).
+
+    ``size`` None takes S from the data: the size of the first image (its shorter side); every image is
+    centre-cropped (and resized, as :func:`center_crop`) to S. Unreadable images are skipped.
+    """
+    from tqdm.auto import tqdm
+
+    meta, items = labelled_images(data, count=count, seed=seed, shapes_size=size or 32)
+    images, labels = [], []
+    for _, label, image in tqdm(items, desc=desc, leave=False, total=count):
+        if image is None or label < 0:
+            continue
+        if size is None:
+            size = min(image.size)
+        images.append(to_tensor(center_crop(image, size) if image.size != (size, size) else image))
+        labels.append(label)
+    if not images:
+        raise GFTError(f"no readable images in {data}")
+    if meta.get("num_classes") is None:
+        meta["num_classes"] = max(labels) + 1
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), {**meta, "image_size": size}
+
+
+def data_image_size(data: str) -> int | None:
+    """The image size of ``data`` without reading it all: the first readable image's shorter side (None for
+    'shapes')."""
+    if data == "shapes":
+        return None
+    _, items = labelled_images(data, count=1)
+    for _, _, image in items:
+        if image is not None:
+            return min(image.size)
+    return None

@@ -40,11 +40,12 @@ class ProbeConfig(PretrainedConfig):
 
     def __init__(self, image_size: int = 32, channels: tuple[int, ...] | list[int] = (16, 32, 64),
                  convs_per_level: int = 1, feature_dim: int = 128, num_classes: int = NUM_CLASSES,
-                 num_aux: int = NUM_AUX, **kwargs):
+                 num_aux: int = NUM_AUX, dataset: dict | None = None, **kwargs):
         self.image_size = int(image_size)
         self.channels = [int(c) for c in channels]
         self.convs_per_level = int(convs_per_level)
         self.feature_dim, self.num_classes, self.num_aux = int(feature_dim), int(num_classes), int(num_aux)
+        self.dataset = dataset  # {name, class_names} of the data it was trained on; None: the embedded shapes
         super().__init__(**kwargs)
         if self.image_size % (2 ** len(self.channels)):
             raise GFTError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels)}")
@@ -72,7 +73,7 @@ class ShapesProbe(GFTPreTrainedModel):
         side = c.image_size // 2 ** len(c.channels)
         self.fc = nn.Linear(c_in * side * side, c.feature_dim)  # flattened, not pooled: keeps where things are
         self.classifier = nn.Linear(c.feature_dim, c.num_classes)
-        self.aux = nn.Linear(c.feature_dim, c.num_aux)
+        self.aux = nn.Linear(c.feature_dim, c.num_aux) if c.num_aux else None  # none for class-only probes
         self.post_init()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,10 +81,16 @@ class ShapesProbe(GFTPreTrainedModel):
         if images.ndim != 4 or images.shape[1:] != (3, c.image_size, c.image_size):
             raise GFTError(f"the probe takes images (B, 3, {c.image_size}, {c.image_size}), got {tuple(images.shape)}")
         features = F.relu(self.fc(self.convs(images).flatten(1)))
-        return features, self.classifier(features), self.aux(features)
+        aux = self.aux(features) if self.aux is not None else features.new_zeros(len(features), 0)
+        return features, self.classifier(features), aux
 
     # -- the FeatureExtractor protocol ---------------------------------------------------------------------------
     name = "shapes-probe"
+
+    @property
+    def dataset(self) -> str:
+        """The data the probe was trained on (``dataset`` of its config; the embedded shapes when absent)."""
+        return (self.config.dataset or {}).get("name") or "shapes"
 
     @property
     def feature_dim(self) -> int:
@@ -120,7 +127,13 @@ register_extractor(ProbeConfig.model_type, ShapesProbe)
 # -- training ------------------------------------------------------------------------------------------------------
 @dataclass
 class ProbeTrainOptions:
-    out: str = opt("tokenizers/shapes-probe", "output directory (config.json + model.safetensors + recipe + log)")
+    out: str = opt("tokenizers/shapes-probe", "output directory (config.json + model.safetensors + recipe + log); "
+                                              "required with --data")
+    data: str = opt("shapes", "training data: 'shapes' (rendered, with the auxiliary targets) or any labelled "
+                              "images: an image folder (one sub-folder per class) or a shard pattern of images")
+    eval_fraction: float = opt(0.1, "with --data: fraction of the images held out for the accuracy (at most "
+                                    "eval_images)")
+    flip: bool = opt(True, "with --data: random horizontal flips (off for digits, text, charts)")
     train_images: int = opt(5000, "rendered training images (shapes data, the probe's own seed)")
     eval_images: int = opt(1000, "held-out images to report accuracy on (balanced)")
     steps: int = opt(2000, "optimisation steps")
@@ -130,9 +143,14 @@ class ProbeTrainOptions:
     weight_decay: float = opt(1e-4, "AdamW weight decay")
     aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss")
     tokenizer: str | None = opt("tokenizers/shapes-vq", "also report accuracy on this tokenizer's reconstructions "
-                                                        "of the held-out images ('' to skip)")
+                                                        "of the held-out images ('' to skip; with --data: only when "
+                                                        "given)")
     seed: int = opt(0, "seed of initialisation, batch order and augmentation")
     threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
+
+
+def dataset_record_classes(record: dict) -> int:
+    return len(record["class_names"])
 
 
 def aux_targets(ds: ShapesDataset, indices) -> torch.Tensor:
@@ -183,6 +201,22 @@ def probe_accuracy(probe: ShapesProbe, images: torch.Tensor, labels: torch.Tenso
     return hits / len(images)
 
 
+def _own_data(o: ProbeTrainOptions):
+    """(train images, labels, held-out images, labels, dataset record, image size) of ``o.data``."""
+    from ..data.shards import dataset_record, load_labelled_images
+
+    if o.out == ProbeTrainOptions.out:
+        raise GFTError("with --data give --out (the default is the shipped shapes probe)")
+    if not 0.0 < o.eval_fraction < 1.0:
+        raise GFTError(f"eval_fraction must lie in (0, 1), got {o.eval_fraction}")
+    images, labels, meta = load_labelled_images(o.data, seed=o.seed, desc="read images")
+    n_eval = max(1, min(o.eval_images, int(round(len(images) * o.eval_fraction))))
+    if len(images) - n_eval < 1:
+        raise GFTError(f"{o.data} has only {len(images)} readable image(s): too few to hold {n_eval} out")
+    record = dataset_record(meta, o.data, int(meta["num_classes"]))
+    return images[n_eval:], labels[n_eval:], images[:n_eval], labels[:n_eval], record, int(meta["image_size"])
+
+
 def train_probe(o: ProbeTrainOptions, log=print) -> dict:
     """Train the probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
     import yaml
@@ -193,17 +227,34 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
         raise GFTError("steps, batch_size, train_images and eval_images must be positive")
     if o.threads:
         torch.set_num_threads(o.threads)
-    tokenizer = load_tokenizer(o.tokenizer) if o.tokenizer else None
+    from ..paths import shipped
+
+    tokenizer = load_tokenizer(shipped(o.tokenizer)) if o.tokenizer else None
     t0 = time.time()
-    ds = ShapesDataset(length=o.train_images, size=32, seed=PROBE_SEED)
-    images, labels = ds.tensors()
-    targets = aux_targets(ds, range(len(ds)))
-    val = heldout(o.eval_images)
-    val_images, val_labels = val.tensors()
-    log(f"rendered {len(ds)} training and {len(val)} held-out images in {time.time() - t0:.1f}s")
+    own = o.data != "shapes"
+    if own:  # class labels only: no auxiliary targets (num_aux 0)
+        images, labels, val_images, val_labels, dataset, size = _own_data(o)
+        targets = torch.zeros(len(images), 0)
+        config = ProbeConfig(image_size=size, num_classes=dataset_record_classes(dataset), num_aux=0,
+                             dataset=dataset)
+        log(f"read {len(images)} training and {len(val_images)} held-out images of {o.data} "
+            f"({config.num_classes} classes, {size} px) in {time.time() - t0:.1f}s")
+        if o.tokenizer == ProbeTrainOptions.tokenizer:  # the shapes tokenizer says nothing about your data
+            tokenizer = None
+        elif tokenizer is not None and tokenizer.image_size != size:
+            log(f"not scoring reconstructions: {o.tokenizer} takes {tokenizer.image_size} px images, the data is "
+                f"{size} px")
+            tokenizer = None
+    else:
+        ds = ShapesDataset(length=o.train_images, size=32, seed=PROBE_SEED)
+        images, labels = ds.tensors()
+        targets = aux_targets(ds, range(len(ds)))
+        val_images, val_labels = heldout(o.eval_images).tensors()
+        config = ProbeConfig()
+        log(f"rendered {len(ds)} training and {len(val_images)} held-out images in {time.time() - t0:.1f}s")
 
     torch.manual_seed(o.seed)
-    probe = ShapesProbe(ProbeConfig())
+    probe = ShapesProbe(config)
     decay = [p for n, p in probe.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in probe.named_parameters() if p.ndim <= 1]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
@@ -219,17 +270,25 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
     history = []
     probe.train()
     t1 = time.time()
-    perm, pos = torch.randperm(len(ds), generator=gen), 0
+    n_train = len(images)
+    batch = min(o.batch_size, n_train)
+    perm, pos = torch.randperm(n_train, generator=gen), 0
     for step in range(o.steps):
-        if pos + o.batch_size > len(ds):
-            perm, pos = torch.randperm(len(ds), generator=gen), 0
-        idx = perm[pos:pos + o.batch_size]
-        pos += o.batch_size
-        x, aux = d4_augment(images[idx], targets[idx], gen)
+        if pos + batch > n_train:
+            perm, pos = torch.randperm(n_train, generator=gen), 0
+        idx = perm[pos:pos + batch]
+        pos += batch
+        if own:  # your data: horizontal flips only (when on), blur and noise
+            x, aux = images[idx], targets[idx]
+            if o.flip:
+                flipped = torch.rand(len(x), generator=gen) < 0.5
+                x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+        else:
+            x, aux = d4_augment(images[idx], targets[idx], gen)
         x = degrade(x, gen)
         _, logits, pred = probe(x)
         ce = F.cross_entropy(logits, labels[idx])
-        reg = F.mse_loss(pred, aux)
+        reg = F.mse_loss(pred, aux) if aux.shape[1] else torch.zeros(())
         loss = ce + o.aux_weight * reg
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -241,7 +300,8 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
             history.append(entry)
             log(json.dumps(entry))
     probe.eval()
-    result = {"heldout_accuracy": probe_accuracy(probe, val_images, val_labels), "heldout_images": len(val),
+    result = {"heldout_accuracy": probe_accuracy(probe, val_images, val_labels), "heldout_images": len(val_images),
+              "dataset": probe.dataset,
               "train_s": round(time.time() - t1, 1), "total_s": round(time.time() - t0, 1)}
     if tokenizer is not None:
         with torch.no_grad():

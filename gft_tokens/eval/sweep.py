@@ -21,14 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.shapes import CLASS_NAMES, ShapesDataset
+from ..data.shapes import ShapesDataset
 from ..errors import GFTError
 from ..fs import atomic_file
 from ..families import check_tokenizer_matches, family_of, load_model, sample_images
 from ..sampling import SamplingStats
 from ..tokenizers import load_tokenizer
 from ..viz import grid, labelled_panels, png_bytes, to_uint8
-from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, shapes_reference
+from ..families.classes import model_class_names
+from ..paths import shipped
+from .datasets import check_extractor_dataset, data_reference, extractor_dataset, model_dataset
+from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, images_reference, shapes_reference
 from .features import FeatureExtractor
 from .npz import write_samples_npz
 from .spread import DEFAULT_BOOTSTRAP, bootstrap_spread, verdict
@@ -123,10 +126,13 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
               ref_size: int = DEFAULT_REF_SIZE, family: str | None = None, betas=DEFAULT_BETAS, cfg_scales=DEFAULT_CFG_SCALES, n_per_class: int = 100,
               batch_size: int = 250, seed: int = 0, samples_dir: Path | None = None, floors: bool = True,
               resume: bool = False, grid_per_class: int = 8, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              family_options: dict | None = None, bootstrap: int = DEFAULT_BOOTSTRAP, log=print) -> dict:
+              family_options: dict | None = None, bootstrap: int = DEFAULT_BOOTSTRAP,
+              allow_foreign_extractor: bool = False, reference_data: str | None = None, log=print) -> dict:
     """Sample and score every (run, setting); write ``results.json``, ``results.md`` and the plots in ``out``.
 
-    ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size.
+    ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size, or to the real
+    images of ``reference_data`` (a folder, shards or an ``.npz``). Models of another dataset than the extractor's
+    are refused unless ``allow_foreign_extractor``.
     ``family_options`` (``cfg_schedule``, ``steps``, ``order`` …) go to every model's sampler, checked against its
     family first. ``bootstrap`` resamples of each setting's samples give ``fid_std`` and ``class_accuracy_std``
     (0: no spreads); the GFT-vs-CFG comparison calls a difference a win or a loss only outside them.
@@ -162,14 +168,25 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
         record = model.config.tokenizer or {}
         if not record.get("path"):
             raise GFTError(f"{spec.ckpt} records no tokenizer path")
-        tokenizer = load_tokenizer(record["path"])
+        tokenizer = load_tokenizer(shipped(record["path"]))
         check_tokenizer_matches(model, tokenizer)
         models[spec.name] = (model, tokenizer)
     first_model, first_tok = models[runs[0].name]
     num_classes = first_model.config.num_classes
     if extractor.num_classes is not None and extractor.num_classes != num_classes:
         raise GFTError(f"the models have {num_classes} classes, the extractor {extractor.num_classes}")
+    datasets = {model_dataset(m) for m, _ in models.values()} - {None}
+    if len(datasets) > 1:
+        raise GFTError(f"the models were trained on different datasets: {sorted(datasets)}")
+    dataset = next(iter(datasets), None)
+    check_extractor_dataset(extractor, dataset, allow_foreign_extractor)
+    if reference is None and reference_data:
+        reference = (images_reference(extractor, reference_data) if str(reference_data).endswith(".npz")
+                     else data_reference(extractor, reference_data, size=first_tok.image_size, n=ref_size))
     if reference is None:
+        if dataset not in (None, "shapes"):
+            raise GFTError(f"the models are of {dataset!r}: give a reference of its real images (--reference: a "
+                           "folder, shards or an .npz); the default reference is the embedded shapes data")
         reference = shapes_reference(extractor, n=ref_size, size=first_tok.image_size)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +204,9 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
             log("resume: options differ from the saved results; starting over")
     done = {(r["run"], r.get("ckpt_sha256"), r["setting"]): r for r in previous}
     rows: list[dict] = []
-    meta = {"options": options, "runs": [vars(r) for r in runs]}
+    meta = {"options": options, "runs": [vars(r) for r in runs], "dataset": dataset,
+            "extractor_dataset": extractor_dataset(extractor),
+            "class_names": model_class_names(first_model.config)}
 
     labels = torch.arange(num_classes).repeat_interleave(n_per_class)
 
@@ -247,7 +266,7 @@ def _save_best_grid(path: Path, model, tokenizer, spec: RunSpec, row: dict, num_
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], labels, 250, seed + 1, family_options,
                                   **sampling)
-    names = [CLASS_NAMES[c] if num_classes == len(CLASS_NAMES) else str(c) for c in range(num_classes)]
+    names = model_class_names(model.config)
     panel = grid(images, nrow=per_class, scale=3)
     fig = labelled_panels([panel], [f"{spec.name} {row['setting']} (FID {row['fid']:.2f})"], names,
                           panel.height // num_classes)

@@ -2,6 +2,13 @@
 
 A YAML recipe names the tokenizer ``type`` (a config ``model_type``), its ``model`` options, and any of the
 :class:`TokenizerTrainOptions` at top level; command-line flags override the file.
+
+Data: the embedded shapes (rendered, ``train_images`` + a held-out split of ``eval_images``) or, with ``data:`` /
+``--data``, your own images — an image folder with one sub-folder per class or a shard pattern of images
+(``make_shards.py``). Those are read once, centre-cropped to the image size, and a held-out part
+(``eval_fraction`` of them, at most ``eval_images``) is kept out of training for the PSNR / codebook-usage
+evaluations. The image size is the recipe's ``model.image_size``, or ``--image-size``, or (when the recipe gives
+none) the data's; a recipe whose size differs from the data's is refused unless ``--image-size`` says which to use.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import check_keys, opt, to_dict
 from ..data.shapes import ShapesDataset, heldout
+from ..data.shards import data_image_size, load_labelled_images
 from ..errors import GFTError
 from ..optim import warmup_cosine
 from ..pretrained import build_config
@@ -37,8 +45,14 @@ class TokenizerTrainOptions:
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)")
     l1_weight: float = opt(0.2, "weight of the L1 term added to the MSE reconstruction loss")
+    data: str = opt("shapes", "training images: 'shapes' (the embedded data, rendered) or your own: an image folder "
+                              "(one sub-folder per class) or a shard pattern of images, e.g. 'shards/mine/*.tar'")
+    image_size: int | None = opt(None, "train at this image size, centre-cropping/resizing the data to it (default: "
+                                       "the recipe's model image_size; with --data and none in the recipe, the data's)")
+    flip: bool = opt(True, "random horizontal flips of the training images (off for digits, text, charts)")
     train_images: int = opt(20000, "size of the rendered training pool (embedded shapes data, seed `seed`)")
-    eval_images: int = opt(1000, "held-out images for PSNR / codebook usage")
+    eval_images: int = opt(1000, "held-out images for PSNR / codebook usage (with --data: at most this many)")
+    eval_fraction: float = opt(0.1, "with --data: fraction of the images held out for PSNR / codebook usage")
     eval_every: int = opt(500, "evaluate every N steps (0: only at the end)")
     seed: int = opt(0, "seed of the training data and of the initialisation")
     threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
@@ -48,7 +62,42 @@ class TokenizerTrainOptions:
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>.checkpoints")
 
 
-RESUME_KEYS = ("batch_size", "train_images", "seed", "l1_weight", "weight_decay")
+SHIPPED_OUTS = {(Path(__file__).resolve().parents[2] / "tokenizers" / n).resolve() for n in
+                ("shapes-vq", "shapes-msvq", "shapes-kl", "shapes-probe")}
+
+RESUME_KEYS = ("batch_size", "train_images", "seed", "l1_weight", "weight_decay", "data", "image_size", "flip",
+               "eval_fraction", "eval_images")
+
+
+class DeadCodeCounter:
+    """Counts the dead-code restarts (codes re-seeded from batch vectors because their EMA cluster size fell
+    below ``dead_code_threshold``) of every vector-quantize codebook in a tokenizer, while training."""
+
+    def __init__(self, tok):
+        self.total, self._books = 0, []
+        for module in tok.modules():
+            if getattr(module, "has_dead_code_replacement", False) and hasattr(module, "replace"):
+                self._wrap(module)
+
+    def _wrap(self, book) -> None:
+        original = book.replace
+
+        def counted(batch_samples, batch_mask, seq_mask=None):
+            for samples, mask in zip(batch_samples, batch_mask):  # per head: at most as many as there are vectors
+                self.total += min(int(mask.sum()), int(samples.shape[0]))
+            return original(batch_samples, batch_mask=batch_mask, seq_mask=seq_mask)
+
+        book.replace = counted
+        self._books.append(book)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._books)
+
+    def close(self) -> None:
+        for book in self._books:
+            del book.replace  # back to the class's method
+        self._books = []
 
 
 def checkpoint_root(o: TokenizerTrainOptions) -> Path:
@@ -142,11 +191,46 @@ def evaluate_tokenizer(tok, images: torch.Tensor, batch_size: int = 250) -> dict
     return stats
 
 
+def _image_size(model_options: dict, o: TokenizerTrainOptions, where: str) -> dict:
+    """The model options with ``image_size`` settled from the recipe, ``--image-size`` and the data."""
+    if o.image_size is not None:
+        if o.image_size <= 0:
+            raise GFTError(f"--image-size must be positive, got {o.image_size}")
+        return {**model_options, "image_size": o.image_size}
+    if o.data == "shapes":
+        return model_options
+    found = data_image_size(o.data)
+    given = model_options.get("image_size")
+    if given is None:
+        return {**model_options, "image_size": found} if found else model_options
+    if found is not None and int(given) != found:
+        raise GFTError(f"the images of {o.data} are {found} px, the recipe {where} says image_size {given}: pass "
+                       f"--image-size {given} to resize them or --image-size {found} to train at the data's size")
+    return model_options
+
+
+def _own_images(o: TokenizerTrainOptions, size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(training pool, held-out images, the data's metadata) of ``--data``: the held-out part comes first."""
+    if not 0.0 < o.eval_fraction < 1.0:
+        raise GFTError(f"eval_fraction must lie in (0, 1), got {o.eval_fraction}")
+    images, _, meta = load_labelled_images(o.data, size=size, seed=o.seed, desc="read images")
+    n_eval = max(1, min(o.eval_images, int(round(len(images) * o.eval_fraction))))
+    if len(images) - n_eval < 1:
+        raise GFTError(f"{o.data} has only {len(images)} readable image(s): too few to hold {n_eval} out")
+    return images[n_eval:], images[:n_eval], meta
+
+
 def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, where: str = "recipe") -> dict:
-    """Train a tokenizer on the embedded shapes data and save it to ``o.out``; returns the final metrics."""
+    """Train a tokenizer on the embedded shapes data or ``o.data`` and save it to ``o.out``; returns the final
+    metrics (held-out PSNR, codebook usage, dead-code restarts)."""
     if o.threads:
         torch.set_num_threads(o.threads)
+    if o.steps <= 0 or o.batch_size <= 0:
+        raise GFTError("steps and batch_size must be positive")
+    if o.data != "shapes" and Path(o.out).resolve() in SHIPPED_OUTS:
+        raise GFTError(f"with --data give --out: {o.out} is a shipped tokenizer of the embedded data")
     cls = TOKENIZER_CLASSES[kind]
+    model_options = _image_size(model_options, o, where)
     config = build_config(cls.config_class, model_options, where)
     check_writable(o.out)
     torch.manual_seed(o.seed)
@@ -154,13 +238,26 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     n_params = sum(p.numel() for p in tok.parameters())
 
     size = config.image_size
-    train_set = ShapesDataset(length=o.train_images, size=size, seed=o.seed)
-    eval_set = heldout(length=o.eval_images, size=size)
     t0 = time.time()
-    pool = torch.stack([train_set[i][0] for i in tqdm(range(len(train_set)), desc="render train", leave=False)])
-    eval_images, _ = eval_set.tensors()
-    tqdm.write(f"tokenizer {kind}: {n_params / 1e6:.2f}M params, grid {tok.grid_size}, "
-               f"{len(pool)} train / {len(eval_images)} held-out images rendered in {time.time() - t0:.1f}s")
+    if o.data == "shapes":
+        train_set = ShapesDataset(length=o.train_images, size=size, seed=o.seed)
+        pool = torch.stack([train_set[i][0] for i in tqdm(range(len(train_set)), desc="render train", leave=False)])
+        eval_images, _ = heldout(length=o.eval_images, size=size).tensors()
+        source = "rendered shapes"
+    else:
+        pool, eval_images, meta = _own_images(o, size)
+        source = f"{o.data} ({meta.get('num_classes')} classes)"
+    tqdm.write(f"tokenizer {kind}: {n_params / 1e6:.2f}M params, {size} px, grid {tok.grid_size}, "
+               f"{len(pool)} train / {len(eval_images)} held-out images of {source} read in {time.time() - t0:.1f}s, "
+               f"flips {'on' if o.flip else 'off'}")
+    dead = DeadCodeCounter(tok)
+    if hasattr(tok, "codebook_size"):
+        if dead.active:
+            tqdm.write(f"dead-code restarts on: codes whose EMA cluster size falls below "
+                       f"{getattr(config, 'dead_code_threshold', '?')} are re-seeded from batch vectors")
+        else:
+            tqdm.write("warning: dead-code restarts are off (dead_code_threshold 0): the codebook may collapse")
+    restarts_logged = 0
 
     optimizer = torch.optim.AdamW(tok.parameters(), lr=o.lr, betas=(0.9, 0.95), weight_decay=o.weight_decay)
     gen = torch.Generator().manual_seed(o.seed)
@@ -184,6 +281,9 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, o)
         batch = pool[torch.randint(len(pool), (o.batch_size,), generator=gen)]
+        if o.flip:
+            flipped = torch.rand(len(batch), generator=gen) < 0.5
+            batch = torch.where(flipped[:, None, None, None], batch.flip(-1), batch)
         recon, codes, vq_loss = tok(batch)
         rec = reconstruction_loss(recon, batch, o.l1_weight)
         loss = rec + vq_loss
@@ -203,11 +303,16 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
             entry = {"step": step + 1, "rec_loss": round(rec.item(), 5), loss_name: round(vq_loss.item(), 5),
                      **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
                      "elapsed_s": round(time.time() - t0, 1)}
+            if dead.active:  # restarts since the previous evaluation, and since the start of this process
+                entry["dead_code_restarts"] = dead.total - restarts_logged
+                entry["dead_code_restarts_total"] = dead.total
+                restarts_logged = dead.total
             log.append(entry)
             tqdm.write(json.dumps(entry))
         if o.save_every and (step + 1) % o.save_every == 0 and not last:
             _save_checkpoint(ckpt_root, step + 1, tok, optimizer, gen, {**state, "log": log}, o.keep_last)
     bar.close()
+    dead.close()
 
     tok.eval()
     if hasattr(tok, "calibrate"):  # continuous latents: measure the normalising scale on training images
@@ -226,5 +331,8 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     final = {**log[-1], "params": n_params, "out": o.out}
     usage = (f"codebook usage {final['usage']:.1%}, perplexity {final['perplexity']:.0f}" if "usage" in final
              else f"latent scale {final['latent_scale']:.4f}")
-    tqdm.write(f"saved {o.out}: PSNR {final['psnr']:.2f} dB, {usage}, {final['elapsed_s']:.0f}s")
+    if "dead_code_restarts_total" in final:
+        usage += f", {final['dead_code_restarts_total']} dead-code restarts"
+    tqdm.write(f"saved {o.out}: held-out PSNR {final['psnr']:.2f} dB on {len(eval_images)} images, {usage}, "
+               f"{final['elapsed_s']:.0f}s")
     return final

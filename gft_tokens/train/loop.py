@@ -17,9 +17,11 @@ import torch
 
 from ..config import opt, to_dict
 from ..data.codes import batch_indices, shapes_codes
-from ..data.shards import ShardStream
+from ..data.shapes import CLASS_NAMES
+from ..data.shards import ShardStream, dataset_record
 from ..errors import GFTError
 from ..fs import atomic_file, check_writable
+from ..paths import shipped
 from ..pretrained import config_replace
 from ..optim import warmup_cosine
 from ..objectives import OBJECTIVES  # noqa: F401  (the families look objectives up in this same dict)
@@ -38,7 +40,14 @@ class TrainOptions:
                               "codes, e.g. 'shards/{000000..000031}.tar' (see gft_tokens/data/shards.py)")
     num_classes: int | None = opt(None, "number of classes of shard data (default: from the shards' dataset.json)")
     data_workers: int = opt(2, "DataLoader worker processes per rank reading shards (0: read in the main process)")
-    train_images: int = opt(10000, "number of embedded-shapes images to train on (each also flipped)")
+    train_images: int = opt(10000, "number of embedded-shapes images to train on (each also flipped, unless --no-flip)")
+    flip: bool = opt(True, "horizontal-flip augmentation: random flips of image shards, the flipped view of the "
+                           "embedded data (codes shards carry the views extract_codes.py stored)")
+    val_data: str | None = opt(None, "validation shards (images or codes) for the held-out loss")
+    val_fraction: float = opt(0.0, "hold this fraction of the training data out as the validation set (by sample "
+                                   "key for shards; the last images of the embedded data); 0: none")
+    val_every: int = opt(100, "evaluate the validation loss every N steps (and at the end)")
+    val_samples: int = opt(1000, "at most this many validation samples")
     steps: int = opt(1000, "optimizer steps")
     batch_size: int = opt(64, "micro-batch size per process")
     grad_accum: int = opt(1, "gradient accumulation steps (global batch = batch_size x grad_accum x processes)")
@@ -68,7 +77,8 @@ class TrainOptions:
     model: dict = opt({}, "model config overrides (YAML only), e.g. {token_dropout_p: 0.0}")
 
 
-RESUME_KEYS = ("preset", "objective", "tokenizer", "data", "train_images", "batch_size", "grad_accum", "seed", "model")
+RESUME_KEYS = ("preset", "objective", "tokenizer", "data", "train_images", "batch_size", "grad_accum", "seed", "model",
+               "flip", "val_fraction")
 
 
 def _lr_lambda(o: TrainOptions):
@@ -111,7 +121,8 @@ def _draws(o: TrainOptions, step: int, offset: int, global_bs: int):
     return u[0], u[1] < o.drop_prob, u[2]
 
 
-def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, ds_cfg: dict, rank: int):
+def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, ds_cfg: dict, rank: int,
+                 dataset: dict | None = None):
     """The model (partitioned at construction under ZeRO-3) and the state to load into it, if any."""
     import deepspeed
 
@@ -120,7 +131,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
     init_state = None
     if o.init_from:
         src = cls.from_pretrained(o.init_from)
-        changes = {**overrides, "tokenizer": {**tokenizer.describe(), "path": o.tokenizer}}
+        changes = {**overrides, "tokenizer": {**tokenizer.describe(), "path": o.tokenizer}, "dataset": dataset}
         if o.objective == "gft":
             changes["beta_embed"] = True
         config = config_replace(src.config, **changes)
@@ -135,6 +146,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
     else:
         config = family.adapter.config(o.preset, tokenizer, num_classes, overrides)
         config.tokenizer = {**tokenizer.describe(), "path": o.tokenizer}
+        config.dataset = dataset
         if o.objective == "cfg" and "beta_embed" not in overrides:
             config.beta_embed = False
     torch.manual_seed(o.seed)
@@ -169,6 +181,73 @@ def _load_init_state(model, state: dict, stage: int, rank: int, where: str) -> N
                             p.copy_(state[key])
 
 
+@torch.no_grad()
+def _validate(module, adapter, objective, val, o: TrainOptions, device) -> dict:
+    """Held-out loss, in eval mode, with fixed draws: ``val_loss`` (the objective's loss; for GFT that of the mixed
+    logits at β ~ U(0, 1)) and ``val_cond_loss`` (the conditional loss at β = 1, i.e. of ℓ_s(x | c, 1) alone; for
+    CFG the conditional loss)."""
+    codes, labels = val
+    was_training = module.training
+    module.eval()
+    totals, n = {"val_loss": 0.0, "val_cond_loss": 0.0}, 0
+    try:
+        for i in range(0, len(codes), o.batch_size):
+            c, y = codes[i:i + o.batch_size].to(device), labels[i:i + o.batch_size].to(device)
+            b = len(c)
+            g = torch.Generator().manual_seed(o.seed * 7919 + i)
+            beta = torch.rand(b, generator=g).to(device)
+            no_drop = torch.zeros(b, dtype=torch.bool, device=device)
+            settings = {"val_loss": beta if o.objective == "gft" else torch.ones(b, device=device),
+                        "val_cond_loss": torch.ones(b, device=device)}
+            for key, b_values in settings.items():
+                gen = torch.Generator().manual_seed(o.seed * 7919 + i)  # the same masks for both settings
+                inputs = adapter.loss_inputs(module, c, gen)
+                result = objective(inputs.logits_fn, inputs.targets, y, null_cond=module.null_class, module=module,
+                                   drop_prob=0.0, generator=gen, loss_mask=inputs.loss_mask, want_own=False,
+                                   beta=b_values, drop=no_drop)
+                totals[key] += float(result.loss) * b
+            n += b
+    finally:
+        module.train(was_training)
+    return {k: round(v / n, 5) for k, v in totals.items()}
+
+
+def _validation_set(o: TrainOptions, tokenizer, data):
+    """(codes, labels) of the validation set, or None; for the embedded data with --val-fraction, also the
+    training data with the held-out images removed."""
+    from ..data.shards import validation_codes
+
+    if o.val_data and o.val_fraction:
+        raise GFTError("give --val-data or --val-fraction, not both")
+    if not 0.0 <= o.val_fraction < 1.0:
+        raise GFTError(f"val_fraction must lie in [0, 1), got {o.val_fraction}")
+    if o.val_every <= 0 or o.val_samples <= 0:
+        raise GFTError("val_every and val_samples must be positive")
+    if o.val_data:
+        return validation_codes(o.val_data, tokenizer, fraction=None, limit=o.val_samples), data
+    if not o.val_fraction:
+        return None, data
+    if data is None:  # shards: the samples whose key hashes into the held-out fraction
+        return validation_codes(o.data, tokenizer, fraction=o.val_fraction, limit=o.val_samples), data
+    from ..data.codes import CodeDataset
+
+    n_val = min(o.val_samples, max(1, int(round(len(data) * o.val_fraction))))
+    if len(data) - n_val < 1:
+        raise GFTError(f"val_fraction {o.val_fraction} leaves no training images")
+    val = (data.codes[-n_val:, 0], data.labels[-n_val:])
+    return val, CodeDataset(data.codes[:-n_val], data.labels[:-n_val], data.num_classes)
+
+
+def _check_val(val, vocab_size: int | None, token_shape) -> None:
+    codes = val[0]
+    if tuple(codes.shape[1:]) != tuple(token_shape):
+        raise GFTError(f"validation codes have token shape {tuple(codes.shape[1:])}, the model expects "
+                       f"{tuple(token_shape)}")
+    if vocab_size is not None and not codes.is_floating_point() and (int(codes.max()) >= vocab_size
+                                                                      or int(codes.min()) < 0):
+        raise GFTError(f"validation codes contain ids outside the vocabulary [0, {vocab_size})")
+
+
 def train(family_name: str, o: TrainOptions) -> dict:
     """Train one model; returns a summary (final loss, steps, wall time, paths)."""
     import deepspeed
@@ -192,6 +271,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
     rank, world = E.init_distributed()
     log = print if rank == 0 else (lambda *_: None)
 
+    o = dataclasses.replace(o, tokenizer=shipped(o.tokenizer))  # the default resolves in this repository
     tokenizer = load_tokenizer(o.tokenizer)
     ds_cfg = E.finalize_ds_config(E.load_ds_config(o.ds_config, o.zero_stage), micro_batch=o.batch_size,
                                   grad_accum=o.grad_accum, world=world, grad_clip=o.grad_clip, bf16=o.bf16)
@@ -199,24 +279,32 @@ def train(family_name: str, o: TrainOptions) -> dict:
     data = stream = None
     if o.data != "shapes":  # webdataset shards, a stream per rank (checked before anything is written)
         stream = ShardStream(o.data, tokenizer=tokenizer, rank=rank, world=world, batch_size=o.batch_size,
-                             seed=o.seed, workers=o.data_workers, num_classes=o.num_classes)
+                             seed=o.seed, workers=o.data_workers, num_classes=o.num_classes, flip=o.flip,
+                             holdout=o.val_fraction if not o.val_data else 0.0)
     if rank == 0:
         check_writable(out)  # created (with what goes in it) only once the inputs have checked out
     if stream is None:
         if rank == 0:
-            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
+            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed, flip=o.flip)
         E.barrier()
         if rank != 0:
-            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
+            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed, flip=o.flip)
     num_classes = data.num_classes if stream is None else stream.num_classes
+    val, data = _validation_set(o, tokenizer, data)
+    if stream is None:
+        dataset = {"name": "shapes", "class_names": list(CLASS_NAMES)}
+    else:
+        dataset = dataset_record(stream.meta, o.data, num_classes)
 
-    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank)
+    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset)
     if num_classes > model.config.num_classes:
         raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
     if stream is None:
         adapter.check_data(data, model.config)
     else:
         stream.expect(model.config.vocab_size, adapter.token_shape(model.config))
+    if val is not None:
+        _check_val(val, getattr(model.config, "vocab_size", None), adapter.token_shape(model.config))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     held = torch.zeros(world, dtype=torch.long)  # parameters this rank stores (its ZeRO-3 partition)
     held[rank] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
@@ -259,6 +347,9 @@ def train(family_name: str, o: TrainOptions) -> dict:
     log(f"{family_name} {module.config.preset or ''}: {n_params / 1e6:.2f}M params, objective {o.objective}, "
         f"ZeRO-{stage}, {world} process(es), global batch {global_bs}, {source}, {o.steps} steps")
     log(f"parameters held per rank: {held.tolist()} (of {n_params})")
+    log(f"dataset {dataset['name']}: {num_classes} classes ({', '.join(dataset['class_names'][:10])}"
+        f"{' …' if num_classes > 10 else ''}); flips {'on' if o.flip else 'off'}; validation: "
+        + (f"{len(val[0])} samples every {o.val_every} steps" if val is not None else "none"))
 
     def export(step: int) -> None:
         state = E.consolidated_state_dict(module, stage, rank)
@@ -279,12 +370,13 @@ def train(family_name: str, o: TrainOptions) -> dict:
         export(step)
 
     t0 = time.time()
-    last = {}
+    last, val_last, val_curve = {}, {}, []
     bar = tqdm(range(start_step, o.steps), desc=f"train {family_name} ({o.objective})", disable=rank != 0,
                initial=start_step, total=o.steps, dynamic_ncols=True)
     for step in bar:
         losses, own_losses, nonfinite = [], [], False
-        log_step = (step + 1) % o.log_every == 0 or step + 1 == o.steps
+        val_step = val is not None and ((step + 1) % o.val_every == 0 or step + 1 == o.steps)
+        log_step = (step + 1) % o.log_every == 0 or step + 1 == o.steps or val_step
         for micro in range(o.grad_accum):
             beta, drop, view = _draws(o, step, (micro * world + rank) * o.batch_size, global_bs)
             if stream is None:
@@ -332,8 +424,13 @@ def train(family_name: str, o: TrainOptions) -> dict:
             loss = t.item() / world
         lr = scheduler.get_last_lr()[0]
         last = {"step": done, "loss": loss, "lr": lr, "elapsed_s": round(time.time() - t0, 2)}
+        if val_step:
+            val_last = _validate(module, adapter, objective, val, o, engine.device)
+            val_curve.append({"step": done, **val_last})
+            last.update(val_last)
         if rank == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            shown = {"val": f"{val_last['val_loss']:.4f}"} if val_last else {}
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **shown)
         if log_step:
             # the network's own CE: for GFT that of ℓ_s(x | c, β) alone, before mixing in the unconditional logits
             last["own_loss"] = round(sum(own_losses) / len(own_losses), 5)
@@ -351,6 +448,12 @@ def train(family_name: str, o: TrainOptions) -> dict:
                "world_size": world, "zero_stage": stage, "params_per_rank": held.tolist(), "skipped_steps": skipped}
     if "skipped_samples" in last:
         summary["skipped_samples"] = last["skipped_samples"]
+    if val_curve:
+        summary.update(val_curve[-1])
+        summary.pop("step")
+        summary["val_curve"] = val_curve
+    summary["dataset"] = dataset["name"]
+    summary["flip"] = o.flip
     log(json.dumps(summary))
     engine.destroy()
     return summary

@@ -76,6 +76,7 @@ class LlamaGenConfig(PretrainedConfig):
         beta_freq_dim: int = 256,
         preset: str | None = None,
         tokenizer: dict | None = None,
+        dataset: dict | None = None,
         **kwargs,
     ):
         self.dim, self.n_layer, self.n_head = int(dim), int(n_layer), int(n_head)
@@ -90,6 +91,7 @@ class LlamaGenConfig(PretrainedConfig):
         self.beta_embed, self.beta_freq_dim = bool(beta_embed), int(beta_freq_dim)
         self.preset = preset
         self.tokenizer = tokenizer  # what the model was trained with (type, codebook_size, grid_size, ...)
+        self.dataset = dataset  # what it was trained on: {name, class_names} (None: unknown)
         super().__init__(**kwargs)
         if self.dim % self.n_head:
             raise GFTError(f"dim {self.dim} is not divisible by n_head {self.n_head}")

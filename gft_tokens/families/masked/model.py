@@ -93,6 +93,7 @@ class MaskedConfig(PretrainedConfig):
         pos_init: str = "normal",
         preset: str | None = None,
         tokenizer: dict | None = None,
+        dataset: dict | None = None,
         **kwargs,
     ):
         self.encoder_dim, self.encoder_depth, self.encoder_heads = int(encoder_dim), int(encoder_depth), int(encoder_heads)
@@ -106,6 +107,7 @@ class MaskedConfig(PretrainedConfig):
         self.pos_init = str(pos_init)
         self.preset = preset
         self.tokenizer = tokenizer  # what the model was trained with (type, codebook_size, grid_size, ...)
+        self.dataset = dataset  # what it was trained on: {name, class_names} (None: unknown)
         super().__init__(**kwargs)
         for part in ("encoder", "decoder"):
             dim, heads = getattr(self, f"{part}_dim"), getattr(self, f"{part}_heads")

@@ -96,6 +96,7 @@ class VARConfig(PretrainedConfig):
         beta_freq_dim: int = 256,
         preset: str | None = None,
         tokenizer: dict | None = None,
+        dataset: dict | None = None,
         **kwargs,
     ):
         self.depth = int(depth)
@@ -114,6 +115,7 @@ class VARConfig(PretrainedConfig):
         self.beta_embed, self.beta_freq_dim = bool(beta_embed), int(beta_freq_dim)
         self.preset = preset
         self.tokenizer = tokenizer  # what the model was trained with (type, codebook_size, grid_size, scales, ...)
+        self.dataset = dataset  # what it was trained on: {name, class_names} (None: unknown)
         super().__init__(**kwargs)
         if self.depth < 1:
             raise GFTError(f"depth must be ≥ 1, got {self.depth}")
