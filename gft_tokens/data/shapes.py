@@ -1,15 +1,25 @@
-"""The embedded dataset: procedurally rendered, class-conditional coloured shapes.
+"""The embedded dataset: procedurally rendered coloured shapes whose class is the shape alone.
 
 Every image is a pure function of ``(seed, index)``: nothing is downloaded, nothing is read from disk. A class is
-a *shape* drawn in the class's *hue family*; everything else varies inside a class, so a generator can be judged on
-class fidelity (does a row show its shape, in its colour?) and on diversity (positions, sizes, rotations, shades
-and backgrounds):
+a *shape*; every other attribute is drawn independently of the class, so the class can only be read from the
+shape (a colour-only classifier scores at chance, ``tests/test_data.py``), and a generator is judged on class
+fidelity (does a row show its shape?) and on diversity:
 
-* position   -- the centre moves as far as the shape's size allows while it stays (almost) on the canvas
-* size       -- radius 0.22 .. 0.37 of the canvas side, plus a mild aspect stretch (0.85 .. 1.15)
+* colour     -- a colour name drawn uniformly from :data:`COLOUR_NAMES`, then a hue inside that name's range
+                (:data:`COLOUR_HUE_RANGES`, degrees; the ranges are separated by gaps, so the name is never
+                ambiguous), saturation 0.6 .. 1, value 0.7 .. 1
+* size       -- the radius of the disc of equal area, 0.34 .. 0.56 canvas units (the canvas is [-1, 1]²): every
+                shape is scaled to its area, so the area (and with it the mean colour of the image) says nothing
+                about the class; plus an area-preserving aspect stretch 0.85 .. 1.15
+* position   -- the centre moves up to ``travel(size) = 0.9 - 1.3·size`` from the middle along each axis (a large
+                shape moves less; it stays on the canvas but for the tip of a pointed shape, now and then)
 * rotation   -- uniform in [0, 2π) (circles and rings are invariant, by nature)
-* colour     -- the class hue ± 11°, saturation 0.55 .. 1, value 0.65 .. 1
-* background -- a dark, low-saturation colour with a linear gradient of random direction and strength
+* background -- a dark, low-saturation colour of any hue with a linear gradient of random direction and strength
+
+Each sample's attributes are available as metadata (:func:`describe`, :meth:`ShapesDataset.metadata`): the shape,
+the colour name, a size bucket (small / medium / large: thirds of the size range), a position bucket (3×3: top
+left … center … bottom right: thirds of the travel along each axis) and the raw values. ``make_shards.py`` stores
+them as ``<key>.json`` beside each image.
 
 Images are anti-aliased by 4x supersampling and returned as float tensors in [-1, 1], shape (3, H, W).
 """
@@ -26,6 +36,10 @@ from torch.utils.data import Dataset
 
 from ..errors import GFTError
 
+# Bump when the parameter draws or the rendering change: data fingerprints (and so every cache derived from the
+# data: extracted codes, evaluation reference features) change with it. 1: hue per class; 2: class = shape only.
+DATA_VERSION = 2
+
 CLASS_NAMES = (
     "circle",
     "square",
@@ -39,28 +53,66 @@ CLASS_NAMES = (
     "heart",
 )
 NUM_CLASSES = len(CLASS_NAMES)
-# Each class has its own hue family (hues 36° apart); a sample's shade varies around it by ±HUE_JITTER (±11°)
-# and in saturation and brightness. Shape and hue together make the class.
-CLASS_HUES = tuple(i / NUM_CLASSES for i in range(NUM_CLASSES))
-HUE_JITTER = 0.03
+# Radius of the disc with the area of each unit-size shape (as `_inside` draws it, measured on a 4000² grid):
+# a shape is scaled by size / this, so that every class covers the same area at the same size.
+UNIT_EQUAL_AREA_RADIUS = (0.90000, 0.81243, 0.67519, 0.61808, 0.86388, 0.66485, 0.76009, 0.77459, 0.66956, 0.91770)
+
+# Colour names and their hue ranges in degrees (start, end), going round the wheel; red wraps through 0°.
+COLOUR_HUE_RANGES = {
+    "red": (-10.0, 10.0),
+    "orange": (22.0, 38.0),
+    "yellow": (50.0, 64.0),
+    "green": (85.0, 150.0),
+    "cyan": (170.0, 195.0),
+    "blue": (210.0, 245.0),
+    "purple": (262.0, 288.0),
+    "pink": (305.0, 335.0),
+}
+COLOUR_NAMES = tuple(COLOUR_HUE_RANGES)
+SATURATION_RANGE = (0.6, 1.0)
+VALUE_RANGE = (0.7, 1.0)
+SIZE_RANGE = (0.34, 0.56)  # radius of the disc of equal area, canvas units
+SIZE_NAMES = ("small", "medium", "large")  # thirds of SIZE_RANGE
+ASPECT_RANGE = (0.85, 1.15)
+POSITION_NAMES = (("top left", "top", "top right"),
+                  ("left", "center", "right"),
+                  ("bottom left", "bottom", "bottom right"))  # [row][column]; image y grows downwards
 SUPPORTED_SIZES = (32, 64)
 _SUPERSAMPLE = 4
 
 
+def travel(size: float) -> float:
+    """How far (canvas units) the centre of a shape of ``size`` may move from the middle along each axis."""
+    return 0.9 - 1.3 * size
+
+
 @dataclass(frozen=True)
 class ShapeParams:
-    """The random draws behind one image (all in canvas units, the canvas being [-1, 1]²)."""
+    """The random draws behind one image (lengths in canvas units, the canvas being [-1, 1]²)."""
 
     label: int
+    colour: str  # one of COLOUR_NAMES
+    hue: float  # degrees in [0, 360), inside the colour's range
+    saturation: float
+    value: float
+    size: float  # radius of the disc of equal area
+    aspect: float
     cx: float
     cy: float
-    radius: float
-    aspect: float
     angle: float
-    fg: tuple[float, float, float]
     bg: tuple[float, float, float]
     grad_dir: float
     grad_amp: float
+
+    @property
+    def fg(self) -> tuple[float, float, float]:
+        """The shape's RGB colour in [0, 1]."""
+        return _hsv_to_rgb(self.hue / 360.0, self.saturation, self.value)
+
+    @property
+    def scale(self) -> float:
+        """Factor from the unit shape of the class to this one (same area for every class at one size)."""
+        return self.size / UNIT_EQUAL_AREA_RADIUS[self.label]
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
@@ -70,28 +122,89 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
+def colour_name(hue: float) -> str | None:
+    """The colour name whose range holds ``hue`` (degrees), or None when it falls in a gap between two ranges."""
+    hue = hue % 360.0
+    for name, (lo, hi) in COLOUR_HUE_RANGES.items():
+        if lo <= hue <= hi or lo <= hue - 360.0 <= hi:
+            return name
+    return None
+
+
 def sample_params(seed: int, index: int, label: int | None = None) -> ShapeParams:
-    """Draw the parameters of image ``index`` of the dataset with ``seed`` (deterministic)."""
+    """Draw the parameters of image ``index`` of the dataset with ``seed`` (deterministic).
+
+    ``label`` overrides the drawn class and changes nothing else: every other attribute is drawn the same way
+    whatever the class.
+    """
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     drawn_label = int(rng.integers(NUM_CLASSES))
     label = drawn_label if label is None else int(label)
-    radius = float(rng.uniform(0.45, 0.75))  # canvas units: the canvas [-1, 1]² has side 2
-    cx, cy = (float(v) for v in rng.uniform(-0.8, 0.8, size=2) * (1.0 - radius))
-    hue = (CLASS_HUES[label] + float(rng.uniform(-HUE_JITTER, HUE_JITTER))) % 1.0
-    fg = _hsv_to_rgb(hue, float(rng.uniform(0.55, 1.0)), float(rng.uniform(0.65, 1.0)))
+    if not 0 <= label < NUM_CLASSES:
+        raise GFTError(f"shapes class must be in [0, {NUM_CLASSES}), got {label}")
+    colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
+    lo, hi = COLOUR_HUE_RANGES[colour]
+    hue = float(rng.uniform(lo, hi)) % 360.0
+    saturation = float(rng.uniform(*SATURATION_RANGE))
+    value = float(rng.uniform(*VALUE_RANGE))
+    size = float(rng.uniform(*SIZE_RANGE))
+    aspect = float(rng.uniform(*ASPECT_RANGE))
+    cx, cy = (float(v) for v in rng.uniform(-1.0, 1.0, size=2) * travel(size))
+    angle = float(rng.uniform(0.0, 2.0 * math.pi))
     bg = _hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.0, 0.35)), float(rng.uniform(0.05, 0.35)))
     return ShapeParams(
         label=label,
+        colour=colour,
+        hue=hue,
+        saturation=saturation,
+        value=value,
+        size=size,
+        aspect=aspect,
         cx=cx,
         cy=cy,
-        radius=radius,
-        aspect=float(rng.uniform(0.85, 1.15)),
-        angle=float(rng.uniform(0.0, 2.0 * math.pi)),
-        fg=fg,
+        angle=angle,
         bg=bg,
         grad_dir=float(rng.uniform(0.0, 2.0 * math.pi)),
         grad_amp=float(rng.uniform(0.0, 0.2)),
     )
+
+
+def _bucket(x: float, lo: float, hi: float) -> int:
+    """Which third of [lo, hi] holds ``x`` (0, 1 or 2)."""
+    return min(2, max(0, int((x - lo) / (hi - lo) * 3.0)))
+
+
+def describe(params: ShapeParams) -> dict:
+    """A sample's attributes as a JSON-ready dict: names (shape, colour, size and position buckets) and raw values.
+
+    >>> describe(sample_params(0, 0))["shape"] in CLASS_NAMES
+    True
+    """
+    t = travel(params.size)
+    column = _bucket(params.cx, -t, t)
+    row = _bucket(params.cy, -t, t)
+    return {
+        "label": params.label,
+        "shape": CLASS_NAMES[params.label],
+        "colour": params.colour,
+        "size": SIZE_NAMES[_bucket(params.size, *SIZE_RANGE)],
+        "position": POSITION_NAMES[row][column],
+        "raw": {
+            "hue": params.hue,  # degrees
+            "saturation": params.saturation,
+            "value": params.value,
+            "rgb": list(params.fg),  # in [0, 1]
+            "size": params.size,  # radius of the disc of equal area, canvas units ([-1, 1]²)
+            "aspect": params.aspect,
+            "cx": params.cx,  # canvas units; x grows to the right, y downwards
+            "cy": params.cy,
+            "angle": params.angle,  # radians
+            "background_rgb": list(params.bg),
+            "gradient_direction": params.grad_dir,
+            "gradient_amplitude": params.grad_amp,
+        },
+        "version": DATA_VERSION,
+    }
 
 
 def _star_polygon_radius(phi: torch.Tensor, outer: torch.Tensor, inner: torch.Tensor, n: int) -> torch.Tensor:
@@ -156,8 +269,8 @@ def render(params: ShapeParams, size: int = 32) -> torch.Tensor:
     # Shape-local coordinates: translate, rotate, scale (with aspect stretch).
     dx, dy = xx - params.cx, yy - params.cy
     c, s_ = math.cos(params.angle), math.sin(params.angle)
-    lx = (c * dx + s_ * dy) / (params.radius * params.aspect)
-    ly = (-s_ * dx + c * dy) / (params.radius / params.aspect)
+    lx = (c * dx + s_ * dy) / (params.scale * params.aspect)
+    ly = (-s_ * dx + c * dy) / (params.scale / params.aspect)
     mask = _inside(params.label, lx, ly).to(torch.float32)
     fg = torch.tensor(params.fg).view(3, 1, 1)
     img = bg * (1.0 - mask) + fg * mask
@@ -190,6 +303,10 @@ class ShapesDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
         return sample_params(self.seed, index, label=index % NUM_CLASSES if self.balanced else None)
 
+    def metadata(self, index: int) -> dict:
+        """Attributes of item ``index`` (:func:`describe`: shape, colour, size, position and raw values)."""
+        return describe(self.params(index))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         p = self.params(int(index))
         return render(p, self.size), p.label
@@ -209,7 +326,7 @@ def fingerprint(size: int = 32) -> str:
     caches derived from the data (extracted codes, reference statistics) can key on it."""
     import hashlib
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"shapes-v{DATA_VERSION}".encode())
     for i in range(4):
         h.update(render(sample_params(0, i), size).numpy().tobytes())
     return h.hexdigest()[:12]

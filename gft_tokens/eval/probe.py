@@ -32,7 +32,7 @@ from ..pretrained import GFTPreTrainedModel
 from .features import ExtractorOutput, register_extractor
 
 PROBE_SEED = 2_000_029  # the probe's training split: neither the generators' (0) nor the held-out one
-NUM_AUX = 9  # cx, cy, radius, foreground rgb, background rgb
+NUM_AUX = 9  # cx, cy, size, foreground rgb, background rgb
 
 
 class ProbeConfig(PretrainedConfig):
@@ -136,11 +136,11 @@ class ProbeTrainOptions:
 
 
 def aux_targets(ds: ShapesDataset, indices) -> torch.Tensor:
-    """Normalised regression targets (N, 9): centre, radius, foreground and background colour."""
+    """Normalised regression targets (N, 9): centre, size, foreground and background colour."""
     rows = []
     for i in indices:
         p = ds.params(i)
-        rows.append([p.cx / 0.5, p.cy / 0.5, (p.radius - 0.60) / 0.15, *(2 * v - 1 for v in p.fg),
+        rows.append([p.cx / 0.3, p.cy / 0.3, (p.size - 0.45) / 0.065, *(2 * v - 1 for v in p.fg),
                      *(4 * v - 1 for v in p.bg)])
     return torch.tensor(rows, dtype=torch.float32)
 
