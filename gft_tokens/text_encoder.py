@@ -84,11 +84,18 @@ class TextEncoder:
         if config.model_type not in kinds:
             raise GFTError(f"text encoder {path} has model_type {config.model_type!r}; a T5 or CLIP text model is "
                            f"needed ({', '.join(kinds)})")
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a few kilobytes; restored below
         try:
             model = kinds[config.model_type].from_pretrained(path, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except OSError as exc:
             raise GFTError(f"text encoder {path}: {exc}") from None
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         tokenizer.padding_side = "left"
         if max_length is None:
             recipe = Path(path, "recipe.json")

@@ -133,3 +133,99 @@ def test_wrong_conditions_are_refused_in_one_line():
         FAMILY.sample(m, Caption(torch.randn(1, L, 16), torch.ones(1, L, dtype=torch.bool)), beta=0.5)
     with pytest.raises(GFTError, match="no β input"):
         FAMILY.sample(tiny(beta_embed=False), captions(), beta=0.5)
+
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TRAIN = dict(preset="GPT-nano", steps=2, train_images=20, batch_size=4, save_every=0, zero_stage=0,
+             tokenizer=str(ROOT / "tokenizers" / "shapes-vq"))
+
+
+@pytest.fixture(scope="module")
+def t2i_run(tmp_path_factory):
+    from gft_tokens.train.loop import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("t2i") / "run"
+    return train("t2i", TrainOptions(**TRAIN, out=str(out))), out / "model"
+
+
+def test_the_training_loop_trains_t2i_on_encoded_captions_and_records_the_text_encoder(t2i_run, tmp_path):
+    from gft_tokens.families import load_model, sample_images
+    from gft_tokens.text_encoder import TextEncoder
+    from gft_tokens.tokenizers import load_tokenizer
+    from gft_tokens.train.loop import TrainOptions, train
+
+    with pytest.raises(GFTError, match="captioned shapes data only"):
+        train("t2i", TrainOptions(**TRAIN, data="shards/{000000..000001}.tar", out=str(tmp_path / "s")))
+    summary, path = t2i_run
+    assert summary["family"] == "t2i" and summary["final_loss"] > 0
+    model = load_model(path)
+    te = model.config.text_encoder
+    assert isinstance(model, T2ILlamaGen) and te["type"] == "t5" and (te["hidden_size"], te["max_length"]) == (64, 16)
+    assert (model.config.caption_dim, model.config.caption_len, model.config.cls_token_num) == (64, 16, 16)
+    feats, mask = TextEncoder.from_pretrained(ROOT / te["path"]).encode(["a red star", "a blue ring"])
+    images = sample_images(model, load_tokenizer(TRAIN["tokenizer"]), Caption(feats, mask), beta=0.5)
+    assert images.shape == (2, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_generate_prompts_gives_one_row_per_prompt(t2i_run, tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from conftest import script_main
+
+    monkeypatch.chdir(ROOT)  # the model records the text encoder as tokenizers/shapes-t5-tiny
+    main = script_main("generate.py")
+    main(["--ckpt", str(t2i_run[1]), "--prompt", "a red star", "a blue ring in the top left", "--beta", "0.5",
+          "--n-per-class", "3", "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert "beta=0.5: 6 images" in out and "(64 network evaluations per image)" in out  # 8x8 tokens, one pass
+    data = np.load(tmp_path / "g" / "samples.npz")
+    assert data["images"].shape == (6, 32, 32, 3) and list(data["prompts"]) == ["a red star", "a blue ring in the top left"]
+    assert (tmp_path / "g" / "grid.png").is_file()
+    (tmp_path / "p.txt").write_text("a red star\n\na green plus\n")
+    main(["--ckpt", str(t2i_run[1]), "--prompts", str(tmp_path / "p.txt"), "--cfg-scale", "2", "--n-per-class", "1",
+          "--out", str(tmp_path / "h")])
+    out = capsys.readouterr().out
+    assert "cfg_scale=2: 2 images" in out and "(128 network evaluations per image)" in out  # CFG: two passes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "  "], "empty prompt"),
+    (["--prompt", " ".join(["a red star"] * 6)], "19 tokens long, more than the model's caption length 16"),
+    (["--classes", "1"], "text-to-image model: it takes --prompt/--prompts, not class ids"),
+    ([], "text-to-image model: give --prompt"),
+    (["--prompt", "a red star", "--prompts", "x.txt"], "not both"),
+    (["--prompts", "no-such-file.txt"], "does not exist"),
+    (["--prompt", "a red star", "--text-encoder", "CLIP"], "has width 32, the model takes captions of width 64"),
+])
+def test_generate_refuses_bad_prompt_requests_in_one_line(t2i_run, tmp_path, capsys, monkeypatch, argv, message):
+    from conftest import script_main
+
+    monkeypatch.chdir(ROOT)
+    if "CLIP" in argv:  # a local CLIP text model of another width
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        clip = tmp_path / "clip"
+        CLIPTextModel(CLIPTextConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, max_position_embeddings=16, pad_token_id=0,
+                                     bos_token_id=1, eos_token_id=1)).save_pretrained(clip)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (clip / name).write_bytes((ROOT / "tokenizers" / "shapes-t5-tiny" / name).read_bytes())
+        argv = [str(clip) if a == "CLIP" else a for a in argv]
+        capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        script_main("generate.py")(["--ckpt", str(t2i_run[1]), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_class_conditional_checkpoint_refuses_prompts(tmp_path, capsys):
+    from conftest import script_main
+    from gft_tokens.families import build_model
+
+    build_model("llamagen", "GPT-nano", vocab_size=1024, grid_size=8, num_classes=10,
+                tokenizer={"path": TRAIN["tokenizer"]}).save_pretrained(tmp_path / "c2i")
+    with pytest.raises(SystemExit) as exc:
+        script_main("generate.py")(["--ckpt", str(tmp_path / "c2i"), "--prompt", "a red star", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err == "error: this is a class-conditional llamagen model: it takes --classes, not prompts"

@@ -10,6 +10,7 @@ FAMILY = Family(
     name="t2i", model_class=T2ILlamaGen, config_fn=t2i_config, presets=PRESETS, adapter=T2IAdapter(),
     sample=sample, to_tokenizer_input=_codes_for_tokenizer, cfg_schedules=CFG_SCHEDULES,
     description="LlamaGen text-to-image: caption-feature prefix, KV-cached, one pass per token",
+    text_conditioned=True,
 )
 
 __all__ = ["FAMILY", "T2IConfig", "T2ILlamaGen", "caption_attention_mask", "t2i_config"]
