@@ -143,3 +143,63 @@ def var_cfg_to_beta(t: float) -> float:
     if not (t >= 0.0 and math.isfinite(t)):
         raise GFTError(f"a VAR guidance strength must be a finite number ≥ 0, got {t}")
     return 1.0 / (1.0 + t)
+
+
+class Caption:
+    """A batch of caption conditions: text-encoder ``features`` (B, L, C), ``mask`` (B, L) bool (True at real
+    tokens) and ``drop`` (B,) bool, rows that stand for the null caption (the model swaps in its learned null
+    embedding). The objective drops rows with :meth:`with_dropped` (no state is kept on any embedder)."""
+
+    def __init__(self, features: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None = None):
+        if features.ndim != 3 or mask.shape != features.shape[:2]:
+            raise GFTError(f"caption features must be (B, L, C) with a (B, L) mask, got {tuple(features.shape)} "
+                           f"and {tuple(mask.shape)}")
+        self.features, self.mask = features, mask.bool()
+        self.drop = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device) if drop is None else drop
+
+    @classmethod
+    def null(cls, batch: int, length: int, width: int, device=None) -> "Caption":
+        """``batch`` rows of the null caption."""
+        return cls(torch.zeros(batch, length, width, device=device),
+                   torch.ones(batch, length, dtype=torch.bool, device=device),
+                   torch.ones(batch, dtype=torch.bool, device=device))
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device) -> "Caption":
+        return Caption(self.features.to(device), self.mask.to(device), self.drop.to(device))
+
+    def with_dropped(self, drop: torch.Tensor) -> "Caption":
+        return Caption(self.features, self.mask, self.drop | drop.to(self.drop.device))
+
+    def cat(self, other: "Caption") -> "Caption":
+        return Caption(torch.cat([self.features, other.features]), torch.cat([self.mask, other.mask]),
+                       torch.cat([self.drop, other.drop]))
+
+
+class CaptionEmbedder(nn.Module):
+    """LlamaGen's t2i caption embedder: text features (B, L, C) → MLP (``cap_proj.fc1``, GELU-tanh, ``fc2``) →
+    (B, L, D); a dropped row is replaced by the learned null caption ``uncond_embedding`` (L, C) before the MLP,
+    and its mask becomes all True (the null caption is one fixed sequence, whatever the dropped caption's length)."""
+
+    def __init__(self, caption_dim: int, dim: int, token_num: int, std: float = 0.02):
+        super().__init__()
+        self.caption_dim, self.token_num = caption_dim, token_num
+        self.cap_proj = nn.Sequential()
+        self.cap_proj.add_module("fc1", Linear(caption_dim, dim, bias=True, std=std))
+        self.cap_proj.add_module("act", nn.GELU(approximate="tanh"))
+        self.cap_proj.add_module("fc2", Linear(dim, dim, bias=True, std=std))
+        self.uncond_embedding = nn.Parameter(torch.randn(token_num, caption_dim) / caption_dim ** 0.5)
+
+    def forward(self, caption: Caption) -> tuple[torch.Tensor, torch.Tensor]:
+        b, length, width = caption.features.shape
+        if width != self.caption_dim:
+            raise GFTError(f"text encoder width {width} does not match the model's caption width {self.caption_dim}")
+        if length != self.token_num:
+            raise GFTError(f"captions of {length} positions, the model takes {self.token_num}")
+        w = self.uncond_embedding
+        drop = caption.drop.to(w.device)
+        feats = torch.where(drop[:, None, None], w.expand(b, -1, -1), caption.features.to(w.device, w.dtype))
+        mask = caption.mask.to(w.device) | drop[:, None]
+        return self.cap_proj(feats), mask

@@ -67,14 +67,21 @@ class ObjectiveOutput:
 
 
 def drop_condition(cond: torch.Tensor, null_cond, drop: torch.Tensor) -> torch.Tensor:
-    """``cond`` with rows where ``drop`` is True replaced by ``null_cond`` (a scalar or a per-row tensor)."""
+    """``cond`` with rows where ``drop`` is True replaced by ``null_cond`` (a scalar or a per-row tensor). A
+    condition object with its own null (a :class:`~gft_tokens.conditioning.Caption`) drops rows itself."""
+    if hasattr(cond, "with_dropped"):
+        return cond.with_dropped(drop)
     null = torch.as_tensor(null_cond, dtype=cond.dtype, device=cond.device)
     mask = drop.view(drop.shape[0], *([1] * (cond.ndim - 1)))
     return torch.where(mask, null, cond)
 
 
-def _null_batch(cond: torch.Tensor, null_cond) -> torch.Tensor:
-    return drop_condition(cond, null_cond, torch.ones(cond.shape[0], dtype=torch.bool, device=cond.device))
+def _null_batch(cond, null_cond):
+    return drop_condition(cond, null_cond, torch.ones(len(cond), dtype=torch.bool, device=_device(cond)))
+
+
+def _device(cond) -> torch.device:
+    return cond.features.device if hasattr(cond, "features") else cond.device
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
     python scripts/generate.py --model var --beta 0.5          # VAR: one pass per scale
     python scripts/generate.py --model mar --beta 0.5 --steps 16   # continuous MAR: diffusion head per token
     python scripts/generate.py --model var --ckpt runs/var-cfg/model --cfg-scale 2.5   # VAR: CFG ramped over scales
+    python scripts/generate.py --model t2i --prompt "a red star" "a blue ring in the top left" --beta 0.5
 
 Outputs (in --out): grid.png and samples.npz (ADM's layout: arr_0 images uint8 (N,H,W,3), arr_1 labels) for a single setting; for several
 β values, beta_comparison.png plus one samples_beta<β>.npz per value.
@@ -27,6 +28,7 @@ from gft_tokens.families import FAMILIES, check_tokenizer_matches, family_of, ge
 from gft_tokens.families.classes import model_class_names, resolve_classes
 from gft_tokens.families.options import add_sampling_arguments, common_sampling, sampling_options
 from gft_tokens.eval.npz import write_samples_npz
+from gft_tokens.families.t2i.prompts import check_condition_kind, generate_prompt_grid, read_prompts
 from gft_tokens.fs import atomic_file, check_writable
 from gft_tokens.paths import shipped
 from gft_tokens.sampling import SamplingStats
@@ -54,7 +56,10 @@ def main(argv=None):
                    help="classes by id or by name (the model's dataset record), one row each (default: all)")
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="one class, by name or id (the same as --classes NAME)")
-    p.add_argument("--n-per-class", type=int, default=8, help="samples per class (default: 8)")
+    p.add_argument("--prompt", nargs="+", help="text-to-image models: prompts, one row each")
+    p.add_argument("--prompts", metavar="FILE", help="text-to-image models: a file of prompts, one per line")
+    p.add_argument("--text-encoder", help="text encoder dir (default: the one recorded in a t2i model's config)")
+    p.add_argument("--n-per-class", type=int, default=8, help="samples per class (or per prompt; default: 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--out", help="output dir (default: samples/<model>)")
@@ -86,6 +91,15 @@ def main(argv=None):
     if options["cfg_schedule"] is not None and cfg_scale is None:
         raise GFTError("--cfg-schedule shapes classifier-free guidance: give --cfg-scale too")
     family.sampling_kwargs(**options)  # refuses an option this family does not take, before sampling
+    prompts = read_prompts(args.prompt, args.prompts)
+    if prompts is not None or family.text_conditioned:
+        check_condition_kind(family, prompts, args.classes)
+        settings = [{"beta": b, "cfg_scale": cfg_scale} for b in args.beta] if args.beta else [{"cfg_scale": cfg_scale}]
+        generate_prompt_grid(model, tokenizer, prompts, settings=settings, n_per_prompt=args.n_per_class,
+                             seed=args.seed, batch_size=args.batch_size, out=args.out or f"samples/{family.name}",
+                             scale=args.scale, text_encoder=args.text_encoder, common=common_sampling(args),
+                             sampler_kwargs=lambda setting: family.sampling_kwargs(**setting, **options))
+        return
 
     num_classes = model.config.num_classes
     class_names = model_class_names(model.config)

@@ -1,7 +1,7 @@
 """The model families, registered once: the only way the CLIs, the training loop, the sweep and the benchmarks
 reach a family.
 
-Each family is a sub-package (``llamagen``, ``var``, ``masked``, ``mar``) holding its network (``model.py``), its
+Each family is a sub-package (``llamagen``, ``var``, ``masked``, ``mar``, ``t2i``) holding its network (``model.py``), its
 sampler (``sampler.py``), its training adapter (``adapter.py``), its official-checkpoint importer where it has one
 (``importer.py``), and a :class:`~gft_tokens.families.base.Family` record ``FAMILY`` naming them. Adding a family:
 write the sub-package and add its ``FAMILY`` to :data:`FAMILIES` below (README, "Adding a family").
@@ -17,12 +17,13 @@ import torch
 
 from ..errors import GFTError
 from ..fs import read_config_dict
-from . import llamagen, mar, masked, var
+from . import llamagen, mar, masked, t2i, var
 from .base import Adapter, Family, LossInputs, SamplerOption
 from .llamagen import LlamaGen, LlamaGenConfig, llamagen_config
 from .var import VAR, VARConfig, var_config
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (llamagen.FAMILY, var.FAMILY, masked.FAMILY, mar.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (llamagen.FAMILY, var.FAMILY, masked.FAMILY, mar.FAMILY,
+                                                      t2i.FAMILY)}
 
 
 def get_family(name: str) -> Family:

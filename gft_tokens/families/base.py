@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.codes import check_codes_match
+from ..data.codes import check_codes_match, shapes_codes
 from ..errors import GFTError
 from ..objectives import CROSS_ENTROPY, OBJECTIVES, GFTLossPlugin
 from ..pretrained import config_keys
@@ -92,6 +92,19 @@ class Adapter:
     def prepare_model(self, model, tokenizer) -> None:
         """Give a freshly built (or initialised) model what it needs from the tokenizer; nothing by default."""
 
+    def shapes_data(self, tokenizer, options, flip: bool | None = None):
+        """The training data on the embedded shapes (``--data shapes``): codes and their conditions (each image
+        also mirrored unless ``flip`` — default ``options.flip`` — is False)."""
+        flip = getattr(options, "flip", True) if flip is None else flip
+        return shapes_codes(tokenizer, options.tokenizer, options.train_images, seed=options.seed, flip=flip)
+
+    def data_config(self, data) -> dict:
+        """Config fields a fresh model takes from its training data (none by default; t2i: the caption width)."""
+        return {}
+
+    def check_source(self, data: str) -> None:
+        """Refuse a training source (``--data``) this family cannot train on; every source by default is fine."""
+
     def check_data(self, data, config) -> None:
         """Refuse extracted training data that does not fit the model."""
         check_codes_match(data, config.vocab_size, self.token_shape(config))
@@ -138,6 +151,7 @@ class Family:
     importers: tuple[str, ...] = ()  # official-checkpoint format names (gft_tokens.importers)
     description: str = ""
     bench: BenchSpec | None = None
+    text_conditioned: bool = False  # conditioned on captions (prompts through a text encoder), not class ids
 
     @property
     def config_class(self):

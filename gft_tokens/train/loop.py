@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config import opt, to_dict
-from ..data.codes import batch_indices, shapes_codes
+from ..data.codes import batch_indices
 from ..data.shapes import CLASS_NAMES
 from ..data.shards import ShardStream, dataset_record
 from ..errors import GFTError
@@ -122,7 +122,7 @@ def _draws(o: TrainOptions, step: int, offset: int, global_bs: int):
 
 
 def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, ds_cfg: dict, rank: int,
-                 dataset: dict | None = None):
+                 dataset: dict | None = None, data=None):
     """The model (partitioned at construction under ZeRO-3) and the state to load into it, if any."""
     import deepspeed
 
@@ -144,7 +144,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
         init_state = src.state_dict()
         del src
     else:
-        config = family.adapter.config(o.preset, tokenizer, num_classes, overrides)
+        config = family.adapter.config(o.preset, tokenizer, num_classes, {**overrides, **family.adapter.data_config(data)})
         config.tokenizer = {**tokenizer.describe(), "path": o.tokenizer}
         config.dataset = dataset
         if o.objective == "cfg" and "beta_embed" not in overrides:
@@ -266,6 +266,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
         raise GFTError(f"the {family_name} family trains on continuous latents of the embedded shapes data only "
                        f"(--data shapes); shard data holds integer codes or images encoded to codes")
 
+    adapter.check_source(o.data)
     out = Path(o.out)
     ckpt_root = out / "checkpoints"
     rank, world = E.init_distributed()
@@ -285,10 +286,10 @@ def train(family_name: str, o: TrainOptions) -> dict:
         check_writable(out)  # created (with what goes in it) only once the inputs have checked out
     if stream is None:
         if rank == 0:
-            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed, flip=o.flip)
+            data = adapter.shapes_data(tokenizer, o)
         E.barrier()
         if rank != 0:
-            data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed, flip=o.flip)
+            data = adapter.shapes_data(tokenizer, o)
     num_classes = data.num_classes if stream is None else stream.num_classes
     val, data = _validation_set(o, tokenizer, data)
     if stream is None:
@@ -296,7 +297,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
     else:
         dataset = dataset_record(stream.meta, o.data, num_classes)
 
-    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset)
+    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset, data)
     if num_classes > model.config.num_classes:
         raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
     if stream is None:

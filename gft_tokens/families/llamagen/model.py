@@ -131,7 +131,8 @@ class Attention(nn.Module):
         self.attn_dropout_p = c.attn_dropout_p
         self.resid_dropout = nn.Dropout(c.resid_dropout_p)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None):
+        """``attn_mask``: (B, 1, T, S) bool over all keys so far (t2i: causal + caption padding); None = causal."""
         bsz, t, _ = x.shape
         kv = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
@@ -143,7 +144,9 @@ class Attention(nn.Module):
             start = cache.length
             k, v = cache.update(self.layer_idx, k, v)
         mask, causal = None, t > 1
-        if start > 0 and t > 1:  # a chunk after a cached prefix: causal within the chunk, all of the prefix
+        if attn_mask is not None:
+            mask, causal = attn_mask, False
+        elif start > 0 and t > 1:  # a chunk after a cached prefix: causal within the chunk, all of the prefix
             pos_q = torch.arange(start, start + t, device=x.device)[:, None]
             mask, causal = torch.arange(start + t, device=x.device)[None, :] <= pos_q, False
         out = F.scaled_dot_product_attention(
@@ -164,8 +167,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, cos, sin, cache=None):
-        h = x + self.drop_path(self.attention(self.attention_norm(x), cos, sin, cache))
+    def forward(self, x, cos, sin, cache=None, attn_mask=None):
+        h = x + self.drop_path(self.attention(self.attention_norm(x), cos, sin, cache, attn_mask))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -199,16 +202,17 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
         return h[:, None, :].expand(-1, self.config.cls_token_num, -1)
 
     # -- backbone ----------------------------------------------------------------------------------------------
-    def _run_layers(self, h: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+    def _run_layers(self, h: torch.Tensor, start: int, cache: KVCache | None,
+                    attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         t = h.shape[1]
         if start + t > self.config.max_seq_len:
             raise GFTError(f"sequence of {start + t} positions exceeds the model's {self.config.max_seq_len}")
         cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, None, attn_mask, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, cache)
+                h = layer(h, cos, sin, cache, attn_mask)
         if cache is not None:
             cache.advance(t)
         return self.norm(h)

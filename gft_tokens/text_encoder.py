@@ -1,0 +1,135 @@
+"""Frozen text encoders for caption conditioning, through transformers, from a local directory only.
+
+:class:`TextEncoder` loads any local T5 encoder (``T5EncoderModel``: LlamaGen's FLAN-T5 layout; a full T5
+checkpoint's encoder is read from it) or CLIP text model (``CLIPTextModel``) directory with its tokenizer, frozen
+and in eval mode, and turns prompts into ``features (B, L, D)`` + ``mask (B, L)`` (True at real tokens). Prompts
+are *left*-padded to ``L`` positions, as LlamaGen's T5 feature files: the last position is always a real token,
+so the position that predicts the first image token never sits on padding. Padded rows of ``features`` are zero.
+
+A prompt longer than ``L`` tokens is refused (a GFTError naming it and its length), not truncated: a cut caption
+silently loses the attributes at its end.
+
+:func:`build_shapes_t5` writes the embedded default (``tokenizers/shapes-t5-tiny``): a word-level tokenizer made
+with HF ``tokenizers`` from the shapes captions' vocabulary and a small ``T5EncoderModel`` built from a
+``T5Config`` at a fixed seed. It is NOT a pretrained language model: its weights are random (frozen), so it only
+gives each word sequence a distinct, deterministic feature sequence for the generator to learn from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import GFTError
+
+SHAPES_T5_RECIPE = dict(d_model=64, num_layers=2, num_heads=2, d_kv=32, d_ff=128, max_length=16, seed=0)
+SPECIAL = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in T5
+
+
+def build_shapes_t5(out: str | os.PathLike, **recipe) -> Path:
+    """Write the embedded word-level T5 text encoder (random, frozen; see the module doc) to ``out``."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    from .data.captions import vocabulary
+
+    r = {**SHAPES_T5_RECIPE, **recipe}
+    vocab = {w: i for i, w in enumerate([*SPECIAL, *vocabulary()])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=r["max_length"], padding_side="left")
+    config = T5Config(vocab_size=len(vocab), d_model=r["d_model"], d_kv=r["d_kv"], d_ff=r["d_ff"],
+                      num_layers=r["num_layers"], num_heads=r["num_heads"], pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0, dropout_rate=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(r["seed"])
+        model = T5EncoderModel(config).eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    (out / "recipe.json").write_text(json.dumps({**r, "vocabulary": "gft_tokens.data.captions.vocabulary()",
+                                                 "built_by": "gft_tokens.text_encoder.build_shapes_t5"}, indent=2))
+    return out
+
+
+class TextEncoder:
+    """A frozen local T5 encoder or CLIP text model with its tokenizer: ``encode(prompts) -> (features, mask)``."""
+
+    def __init__(self, model, tokenizer, path: str, kind: str, max_length: int):
+        self.model, self.tokenizer, self.path, self.kind, self.max_length = model, tokenizer, path, kind, max_length
+        self.model.requires_grad_(False).eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, max_length: int | None = None) -> "TextEncoder":
+        from transformers import AutoConfig, AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        path = str(path)
+        if not Path(path, "config.json").is_file():
+            raise GFTError(f"text encoder {path} is not a directory with a config.json (a local T5 or CLIP text "
+                           "model; nothing is downloaded)")
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise GFTError(f"text encoder {path}: unreadable config ({exc})") from None
+        kinds = {"t5": T5EncoderModel, "mt5": T5EncoderModel, "umt5": T5EncoderModel,
+                 "clip_text_model": CLIPTextModel, "clip": CLIPTextModel}
+        if config.model_type not in kinds:
+            raise GFTError(f"text encoder {path} has model_type {config.model_type!r}; a T5 or CLIP text model is "
+                           f"needed ({', '.join(kinds)})")
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a few kilobytes; restored below
+        try:
+            model = kinds[config.model_type].from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except OSError as exc:
+            raise GFTError(f"text encoder {path}: {exc}") from None
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
+        tokenizer.padding_side = "left"
+        if max_length is None:
+            recipe = Path(path, "recipe.json")
+            max_length = json.loads(recipe.read_text())["max_length"] if recipe.is_file() else 120  # LlamaGen's
+        return cls(model, tokenizer, path, "clip" if "clip" in config.model_type else "t5", int(max_length))
+
+    @property
+    def hidden_size(self) -> int:
+        c = self.model.config
+        return int(getattr(c, "d_model", None) or c.hidden_size)
+
+    def describe(self) -> dict:
+        return {"path": self.path, "type": self.kind, "hidden_size": self.hidden_size, "max_length": self.max_length}
+
+    @torch.no_grad()
+    def encode(self, prompts, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts (a list of strings) → features (B, L, D) float32, left-padded, and mask (B, L) bool."""
+        length = int(max_length or self.max_length)
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise GFTError("no prompts given")
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise GFTError(f"empty prompt {p!r}: every prompt needs at least one word")
+        ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        for p, row in zip(prompts, ids):
+            if len(row) > length:
+                raise GFTError(f"prompt {p!r} is {len(row)} tokens long, more than the model's caption length "
+                               f"{length}; shorten it (prompts are refused, not truncated)")
+        batch = self.tokenizer(prompts, padding="max_length", max_length=length, return_tensors="pt")
+        mask = batch["attention_mask"].bool()
+        device = next(self.model.parameters()).device
+        out = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask.long().to(device))
+        feats = out.last_hidden_state.float() * mask[..., None].to(device)
+        return feats, mask.to(device)
