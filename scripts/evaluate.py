@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from gft_tokens.validate import ArgumentParser, nonnegative, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, images_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
@@ -28,16 +29,16 @@ from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", required=True, help="samples .npz (images uint8 (N,H,W,3), labels (N,))")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
                    help=f"feature extractor: a saved directory or 'module:factory' (default: {DEFAULT_EXTRACTOR})")
     p.add_argument("--reference", help="real images .npz to compare against (default: the embedded held-out split)")
-    p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
+    p.add_argument("--ref-size", type=positive(int), default=DEFAULT_REF_SIZE,
                    help=f"held-out images in the embedded reference (default: {DEFAULT_REF_SIZE})")
-    p.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
-    p.add_argument("--is-splits", type=int, default=10, help="random parts of the Inception Score, at most one per 100 samples (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the precision/recall subsets (default: 0)")
+    p.add_argument("--k", type=positive(int), default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
+    p.add_argument("--is-splits", type=positive(int), default=10, help="random parts of the Inception Score, at most one per 100 samples (default: 10)")
+    p.add_argument("--seed", type=nonnegative(int), default=0, help="seed of the precision/recall subsets (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object (last line) instead of a summary")
     args = p.parse_args(argv)
     if args.k < 1:

@@ -23,25 +23,26 @@ import torch
 from tqdm.auto import tqdm
 
 from gft_tokens.data.shards import encode_codes, image_views, labelled_images, write_shards
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.tokenizers import load_tokenizer
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="'shapes', an image folder, or a shard pattern of images")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
     parser.add_argument("--out", required=True, help="output directory for the code shards")
     parser.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
                         help="10 views: corners + centre of a crop_range-enlarged centre crop, and their flips")
-    parser.add_argument("--crop-range", type=float, default=1.1, help="ten-crop enlargement (default: 1.1)")
+    parser.add_argument("--crop-range", type=bounded(float, min=1, max=4), default=1.1, help="ten-crop enlargement (default: 1.1)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="without --ten-crop: also store the flipped image (default: yes)")
-    parser.add_argument("--count", type=int, default=None, help="number of images (shapes: default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="shapes: dataset seed; folder: order seed")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--count", type=positive(int), default=None, help="number of images (shapes: default 10000)")
+    parser.add_argument("--seed", type=nonnegative(int), default=0, help="shapes: dataset seed; folder: order seed")
+    parser.add_argument("--batch-size", type=positive(int), default=64, help="images per tokenizer call")
+    parser.add_argument("--shard-size", type=positive(int), default=1000, help="samples per shard")
     args = parser.parse_args(argv)
     if args.crop_range < 1.0:
         raise GFTError(f"--crop-range must be at least 1, got {args.crop_range}")

@@ -19,6 +19,7 @@ import argparse
 
 import gft_tokens.families  # noqa: F401  (model families register their importers on import)
 import gft_tokens.tokenizers  # noqa: F401
+from gft_tokens.validate import ArgumentParser, positive
 from gft_tokens.errors import cli_main
 from gft_tokens.importers import IMPORTERS, import_checkpoint
 
@@ -29,17 +30,17 @@ OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": in
 @cli_main
 def main(argv=None):
     formats = "\n".join(f"  {name:14s} {imp.description}" for name, imp in sorted(IMPORTERS.items()))
-    parser = argparse.ArgumentParser(description=__doc__, epilog="formats:\n" + formats,
+    parser = ArgumentParser(description=__doc__, epilog="formats:\n" + formats,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="checkpoint format (required)")
     parser.add_argument("src", help="the official checkpoint file (.pt / .pth / .safetensors)")
     parser.add_argument("out", help="output directory (written atomically)")
     parser.add_argument("--key", help="container key holding the state dict (default: 'model', 'module', "
                                       "'state_dict' or the whole file)")
-    parser.add_argument("--grid-size", type=int, help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
-    parser.add_argument("--image-size", type=int, help="llamagen-vq: image side the tokenizer is used at")
+    parser.add_argument("--grid-size", type=positive(int), help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
+    parser.add_argument("--image-size", type=positive(int), help="llamagen-vq: image side the tokenizer is used at")
     parser.add_argument("--preset", help="llamagen-gpt: model preset (default: detected from the shapes)")
-    parser.add_argument("--n-head", type=int, help="llamagen-gpt: attention heads of a size that fits no preset")
+    parser.add_argument("--n-head", type=positive(int), help="llamagen-gpt: attention heads of a size that fits no preset")
     parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
                         help="llamagen-gpt, var: add a zero-initialised β embedder when the checkpoint has none "
                              "(default: yes; --no-beta-embed imports a plain CFG model)")

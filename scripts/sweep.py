@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.errors import cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, load_extractor
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
@@ -27,21 +28,21 @@ from gft_tokens.families.options import add_sampling_arguments, common_sampling,
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family (default: llamagen)")
     p.add_argument("--gft", action="append", default=[], metavar="[NAME=]DIR",
                    help="a GFT checkpoint to sweep over --betas (repeatable)")
     p.add_argument("--cfg", action="append", default=[], metavar="[NAME=]DIR",
                    help="a checkpoint to sweep with classifier-free guidance over --cfg-scales (repeatable)")
-    p.add_argument("--betas", type=float, nargs="+", default=list(DEFAULT_BETAS),
+    p.add_argument("--betas", type=bounded(float, min=0, max=1), nargs="+", default=list(DEFAULT_BETAS),
                    help=f"GFT β values (default: {' '.join(map(str, DEFAULT_BETAS))})")
-    p.add_argument("--cfg-scales", type=float, nargs="+", default=list(DEFAULT_CFG_SCALES),
+    p.add_argument("--cfg-scales", type=bounded(float, min=0), nargs="+", default=list(DEFAULT_CFG_SCALES),
                    help=f"CFG scales w (default: {' '.join(map(str, DEFAULT_CFG_SCALES))})")
-    p.add_argument("--n-per-class", type=int, default=100, help="samples per class per setting (default: 100)")
-    p.add_argument("--batch-size", type=int, default=250, help="images per sampling batch (default: 250)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every setting (default: 0)")
+    p.add_argument("--n-per-class", type=positive(int), default=100, help="samples per class per setting (default: 100)")
+    p.add_argument("--batch-size", type=positive(int), default=250, help="images per sampling batch (default: 250)")
+    p.add_argument("--seed", type=nonnegative(int), default=0, help="sampling seed, the same for every setting (default: 0)")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR, help=f"feature extractor (default: {DEFAULT_EXTRACTOR})")
-    p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
+    p.add_argument("--ref-size", type=positive(int), default=DEFAULT_REF_SIZE,
                    help=f"held-out reference images (default: {DEFAULT_REF_SIZE})")
     p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
                    help="also score real training images and their tokenizer reconstructions (default: on)")

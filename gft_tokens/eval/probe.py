@@ -121,18 +121,18 @@ register_extractor(ProbeConfig.model_type, ShapesProbe)
 @dataclass
 class ProbeTrainOptions:
     out: str = opt("tokenizers/shapes-probe", "output directory (config.json + model.safetensors + recipe + log)")
-    train_images: int = opt(5000, "rendered training images (shapes data, the probe's own seed)")
-    eval_images: int = opt(1000, "held-out images to report accuracy on (balanced)")
-    steps: int = opt(2000, "optimisation steps")
-    batch_size: int = opt(64, "images per step")
-    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine to 0 after warm-up)")
-    warmup_steps: int = opt(50, "linear warm-up steps")
-    weight_decay: float = opt(1e-4, "AdamW weight decay")
-    aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss")
+    train_images: int = opt(5000, "rendered training images (shapes data, the probe's own seed)", min=1)
+    eval_images: int = opt(1000, "held-out images to report accuracy on (balanced)", min=1)
+    steps: int = opt(2000, "optimisation steps", min=1)
+    batch_size: int = opt(64, "images per step", min=1)
+    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine to 0 after warm-up)", gt=0)
+    warmup_steps: int = opt(50, "linear warm-up steps", min=0)
+    weight_decay: float = opt(1e-4, "AdamW weight decay", min=0)
+    aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss", min=0)
     tokenizer: str | None = opt("tokenizers/shapes-vq", "also report accuracy on this tokenizer's reconstructions "
                                                         "of the held-out images ('' to skip)")
     seed: int = opt(0, "seed of initialisation, batch order and augmentation")
-    threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
+    threads: int = opt(0, "torch CPU threads (0: leave torch's default)", min=0, max=4096)
 
 
 def aux_targets(ds: ShapesDataset, indices) -> torch.Tensor:

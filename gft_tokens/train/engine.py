@@ -59,8 +59,14 @@ def load_ds_config(path: str | os.PathLike | None, zero_stage: int | None) -> di
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise GFTError(f"DeepSpeed config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise GFTError(f"DeepSpeed config {path} must hold a JSON object, got {type(cfg).__name__}")
     if zero_stage is not None:
         cfg.setdefault("zero_optimization", {})["stage"] = int(zero_stage)
+    zero = cfg.get("zero_optimization", {})
+    if not isinstance(zero, dict) or zero.get("stage", 0) not in (0, 1, 2, 3):
+        raise GFTError(f"DeepSpeed config {path}: zero_optimization.stage must be one of 0, 1, 2, 3, got "
+                       f"{zero.get('stage') if isinstance(zero, dict) else zero!r}")
     return cfg
 
 
