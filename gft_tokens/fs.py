@@ -164,6 +164,29 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content (recorded in manifests, checked before a file is trusted)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the filesystem running out of space (torch reports it as a RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, RuntimeError) and ("No space left on device" in str(exc) or "file write failed" in str(exc))
+
+
+def disk_full_error(path: str | os.PathLike, needed_bytes: int) -> GFTError:
+    return GFTError(f"disk full while writing {path} (needs ~{max(1, round(needed_bytes / 2**20))} MB); "
+                    f"nothing was left behind — free some space and run again")
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Raise a :class:`GFTError` unless ``path`` is, or can be created as, a writable directory (creates nothing)."""
     path = Path(path)

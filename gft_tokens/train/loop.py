@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..data.codes import batch_indices, shapes_codes
 from ..data.shards import ShardStream
 from ..errors import GFTError
 from ..fs import atomic_file, check_writable
+from ..locks import run_lock
 from ..pretrained import config_replace
 from ..optim import warmup_cosine
 from ..objectives import OBJECTIVES  # noqa: F401  (the families look objectives up in this same dict)
@@ -60,6 +62,7 @@ class TrainOptions:
     save_every: int = opt(200, "checkpoint every N optimizer steps (0: only at the end)", min=0)
     keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)", min=0)
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>/checkpoints")
+    overwrite: bool = opt(False, "replace the run already in <out> (its checkpoints, log and exports)")
     on_nonfinite: str = opt("stop", "on a non-finite loss: stop (the last checkpoint stays intact) or skip that "
                             "optimizer update (counted and logged)", choices=("stop", "skip"))
     seed: int = opt(0, "seed of initialisation, data order and the β / label-dropout draws")
@@ -169,8 +172,28 @@ def _load_init_state(model, state: dict, stage: int, rank: int, where: str) -> N
                             p.copy_(state[key])
 
 
+RUN_FILES = ("checkpoints", "model", "model_ema", "train_log.jsonl")  # what a run writes into <out>
+
+
+def check_run_dir(out: Path, o: TrainOptions) -> None:
+    """A run already in ``out`` is continued (``--resume``) or replaced (``--overwrite``), never silently mixed."""
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if o.resume and o.overwrite:
+        raise GFTError("--resume and --overwrite contradict each other: choose one")
+    if held and not (o.resume or o.overwrite):
+        raise GFTError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it or --overwrite "
+                       f"to replace it")
+
+
 def train(family_name: str, o: TrainOptions) -> dict:
-    """Train one model; returns a summary (final loss, steps, wall time, paths)."""
+    """Train one model; returns a summary (final loss, steps, wall time, paths). ``<out>`` is locked meanwhile."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        return _train(family_name, o, stack)
+
+
+def _train(family_name: str, o: TrainOptions, stack) -> dict:
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -202,6 +225,12 @@ def train(family_name: str, o: TrainOptions) -> dict:
                              seed=o.seed, workers=o.data_workers, num_classes=o.num_classes)
     if rank == 0:
         check_writable(out)  # created (with what goes in it) only once the inputs have checked out
+        check_run_dir(out, o)
+        stack.enter_context(run_lock(out))  # a second trainer on this --out is refused while this one runs
+        if o.overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if stream is None:
         if rank == 0:
             data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)

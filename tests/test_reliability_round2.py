@@ -1,0 +1,154 @@
+"""Issue 19: a run directory is never silently reused or shared, checkpoints carry content hashes, a full disk is
+one sentence with nothing left behind, and option values are refused where they are declared."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+from gft_tokens import GFTError
+from gft_tokens.config import opt, resolve
+from gft_tokens.locks import run_lock
+from gft_tokens.train import checkpoints as CK
+from gft_tokens.train import engine as E
+from gft_tokens.train.loop import TrainOptions, train
+from test_reliability import options
+
+
+# --- checkpoint content hashes ------------------------------------------------------------------------------------
+
+def _fake_checkpoint(root, step, payload=b"optimizer moments " * 64):
+    tmp = CK.begin(root, step)
+    (tmp / "optim_states.pt").write_bytes(payload)
+    (tmp / "training_state.json").write_text("{}")
+    return CK.commit(root, step, keep_last=0)
+
+
+def test_manifest_records_sha256_and_a_flipped_byte_is_refused(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    _fake_checkpoint(root, 1)
+    good = _fake_checkpoint(root, 2)
+    manifest = json.loads((good / CK.MANIFEST).read_text())
+    assert len(manifest["files"]["optim_states.pt"]["sha256"]) == 64
+    data = bytearray((good / "optim_states.pt").read_bytes())
+    for i in (10, 500, 1000):  # three flipped bytes, same size: the size check alone passed this
+        data[i] ^= 0xFF
+    (good / "optim_states.pt").write_bytes(bytes(data))
+    assert CK.verify(good) == ("optim_states.pt is corrupt: its content does not match the sha256 recorded when "
+                               "it was saved")
+    assert CK.latest_tag(root) == "step00000001"
+    assert "skipping incomplete checkpoint" in capsys.readouterr().out
+
+
+def test_old_size_only_manifests_still_verify(tmp_path):
+    d = tmp_path / "step00000001"
+    d.mkdir()
+    (d / "a.pt").write_bytes(b"12345")
+    (d / CK.MANIFEST).write_text(json.dumps({"step": 1, "files": {"a.pt": 5}}))
+    assert CK.verify(d) is None
+
+
+# --- the run directory: --resume or --overwrite, and a lock --------------------------------------------------------
+
+def test_a_second_process_on_a_locked_run_dir_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gft_tokens.locks import run_lock\n"
+                               "with run_lock(sys.argv[1]):\n  print('held', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(GFTError, match=rf"{run} is in use: a trainer \(pid {holder.pid}\) is writing into it"):
+            with run_lock(run):
+                pass
+        with pytest.raises(GFTError, match="is in use"):
+            train("llamagen", options(run, steps=1, resume=True))
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(run):  # the kernel dropped the dead holder's lock: no stale lock file blocks anyone
+        pass
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (run / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(GFTError, match=r"already holds a run \(train_log.jsonl\): pass --resume to continue it or "
+                                       r"--overwrite to replace it"):
+        train("llamagen", options(run, steps=1))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    with pytest.raises(GFTError, match="--resume and --overwrite contradict"):
+        train("llamagen", options(run, steps=1, resume=True, overwrite=True))
+    train("llamagen", options(run, steps=2, overwrite=True))
+    assert [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert (run / "notes.txt").read_text() == "mine"  # not the tool's: kept
+
+
+# --- disk full ------------------------------------------------------------------------------------------------------
+
+def test_disk_full_during_a_checkpoint_is_one_sentence_and_leaves_nothing(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        if ".tmp-step00000004" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(GFTError, match=r"disk full while writing .*\.tmp-step00000004 \(needs ~\d+ MB\)"):
+        train("llamagen", options(run, steps=4))
+    root = run / "checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step00000002"]  # no .tmp- left behind
+    assert CK.verify(root / "step00000002") is None
+
+
+def test_is_disk_full_recognises_torchs_runtime_error():
+    from gft_tokens.fs import is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+                                     "writing file data/0: file write failed"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+# --- options checked where declared --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lr", float("nan"), "option 'lr' must be a finite number in (0, inf), got nan"),
+    ("lr", -1.0, "option 'lr' must lie in (0, inf), got -1.0"),
+    ("beta1", 1.5, "option 'beta1' must lie in [0, 1), got 1.5"),
+    ("ema_decay", 2.0, "option 'ema_decay' must lie in [0, 1), got 2.0"),
+    ("log_every", 0, "option 'log_every' must lie in [1, inf), got 0"),
+    ("threads", -1, "option 'threads' must lie in [0, 4096], got -1"),
+    ("zero_stage", 5, "option 'zero_stage' must be one of [0, 1, 2, 3], got 5"),
+])
+def test_yaml_values_are_checked_where_declared(key, value, message):
+    with pytest.raises(GFTError) as info:
+        resolve(TrainOptions, {key: value}, where="train.yaml")
+    assert str(info.value) == message
+
+
+def test_opt_refuses_unknown_validation_keys():
+    with pytest.raises(TypeError, match="unknown keys"):
+        opt(1, "x", minimum=0)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[]", "must hold a JSON object, got list"),
+    ('{"zero_optimization": {"stage": 5}}', "zero_optimization.stage must be one of 0, 1, 2, 3, got 5"),
+])
+def test_deepspeed_config_shape_and_stage(tmp_path, content, message):
+    path = tmp_path / "ds.json"
+    path.write_text(content)
+    with pytest.raises(GFTError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        E.load_ds_config(path, None)
