@@ -118,15 +118,42 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def foreign_entries(path: str | os.PathLike, owned) -> list[str]:
+    """Entries of directory ``path`` that ``owned`` (a predicate on a name) does not claim; [] if it is absent."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_dir():
+        return [path.name]
+    return sorted(e.name for e in path.iterdir() if not owned(e.name))
+
+
+def check_replaceable(path: str | os.PathLike, owned, overwrite: bool = False) -> None:
+    """Refuse to replace ``path`` if it holds anything this tool did not write (``owned(name)`` false), unless
+    ``overwrite``: a user's files are never deleted by a write. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GFTError(f"cannot write to {path}: it is a file, not a directory")
+    foreign = [] if overwrite else foreign_entries(path, owned)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise GFTError(f"{path} already exists and holds files this tool did not write ({', '.join(foreign[:3])}"
+                       f"{more}); pass --overwrite to replace it, or choose another output directory")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
+def atomic_dir(path: str | os.PathLike, owned=None, overwrite: bool = True):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` in one rename.
 
     On any exception the temporary directory is removed and ``path`` is left exactly as it was. Replacing an
     existing directory swaps the two atomically where the filesystem supports it (Linux), so ``path`` is never
     missing, even for an instant; temporaries left by a killed process are removed by the next write.
+    With ``owned`` (a predicate on file names), an existing ``path`` holding anything else is refused unless
+    ``overwrite``.
     """
     path = Path(path)
+    if owned is not None:  # replace only what this tool wrote there
+        check_replaceable(path, owned, overwrite)
     tmp = _mkstemp_beside(path, directory=True)
     try:
         yield tmp

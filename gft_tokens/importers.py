@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import GFTError
+from .fs import check_replaceable
 from .families.llamagen.importer import GPT_IMPORTER, VQ_IMPORTER
 from .families.var.importer import VAR_IMPORTER, VQVAE_IMPORTER
 from .importing import Converted, Importer, extract_state_dict, load_checkpoint_file
@@ -58,19 +59,24 @@ def convert_state_dict(fmt: str, state: dict[str, torch.Tensor], **options) -> C
 
 
 def import_checkpoint(fmt: str, src: str | Path, out: str | Path | None = None, key: str | None = None,
-                      **options) -> Converted:
+                      overwrite: bool = False, **options) -> Converted:
     """Convert the official checkpoint ``src`` of format ``fmt``; write it to ``out`` (atomically) if given.
 
     ``options`` are the importer's own (``grid_size``, ``preset`` …; see ``IMPORTERS[fmt].options``). Load the
     result with :func:`gft_tokens.families.load_model` or :func:`gft_tokens.tokenizers.load_tokenizer`.
     """
     get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
+    if out is not None:
+        check_replaceable(out, {"config.json", "model.safetensors"}.__contains__, overwrite)
     state = extract_state_dict(load_checkpoint_file(src), key=key, where=str(src))
     converted = convert_state_dict(fmt, state, **options)
+    for name, value in converted.state.items():  # NaN weights would only surface later, deep inside sampling
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise GFTError(f"{src}: weight {name} holds non-finite values (NaN or inf); refusing to import it")
     if out is not None:
         with torch.device("meta"):
             target = converted.model_class(converted.config)
-        target.save_pretrained(out, state_dict=converted.state)
+        target.save_pretrained(out, state_dict=converted.state, overwrite=overwrite)
     return converted
 
 

@@ -90,18 +90,21 @@ class GFTPreTrainedModel(PreTrainedModel):
         pass
 
     def save_pretrained(
-        self, save_directory, state_dict: dict | None = None, extra_files: dict[str, str] | None = None, **_ignored
+        self, save_directory, state_dict: dict | None = None, extra_files: dict[str, str] | None = None,
+        overwrite: bool = False, **_ignored
     ) -> Path:
         """Write ``config.json`` + ``model.safetensors`` to ``save_directory`` atomically.
 
         ``state_dict`` overrides the module's own (e.g. a consolidated ZeRO-3 state dict); ``extra_files`` maps
-        file names to text written alongside (a training recipe, a log) in the same atomic step.
+        file names to text written alongside (a training recipe, a log) in the same atomic step. An existing
+        ``save_directory`` holding other files than these is refused unless ``overwrite``.
         """
         state = self.state_dict() if state_dict is None else state_dict
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         config = self.config.to_diff_dict()
         config["architectures"] = [type(self).__name__]
-        with atomic_dir(save_directory) as tmp:
+        names = {CONFIG_NAME, WEIGHTS_NAME, *(extra_files or {})}
+        with atomic_dir(save_directory, owned=names.__contains__, overwrite=overwrite) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             for name, text in (extra_files or {}).items():

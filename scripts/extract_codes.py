@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 
 from gft_tokens.data.shards import encode_codes, image_views, labelled_images, write_shards
 from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
+from gft_tokens.fs import check_replaceable
+from gft_tokens.data.shards import shard_dir_owned
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.tokenizers import load_tokenizer
 
@@ -43,7 +45,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=nonnegative(int), default=0, help="shapes: dataset seed; folder: order seed")
     parser.add_argument("--batch-size", type=positive(int), default=64, help="images per tokenizer call")
     parser.add_argument("--shard-size", type=positive(int), default=1000, help="samples per shard")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds files other than shards")
     args = parser.parse_args(argv)
+    check_replaceable(args.out, shard_dir_owned, args.overwrite)  # before anything is read or written
     if args.crop_range < 1.0:
         raise GFTError(f"--crop-range must be at least 1, got {args.crop_range}")
     tokenizer = load_tokenizer(args.tokenizer)
@@ -79,7 +84,7 @@ def main(argv=None):
     extra = {"kind": "codes", **meta, "tokenizer": {**tokenizer.describe(), "path": args.tokenizer},
              "ten_crop": args.ten_crop, "crop_range": args.crop_range if args.ten_crop else None,
              "views": 10 if args.ten_crop else (2 if args.flip else 1)}
-    written = write_shards(samples(), args.out, args.shard_size, extra)
+    written = write_shards(samples(), args.out, args.shard_size, extra, overwrite=args.overwrite)
     print(f"wrote codes of {written['count']} images x {written['views']} views in {written['shards']} shard(s) to "
           f"{args.out}/{written['pattern']} ({skipped[0]} unreadable skipped)")
 

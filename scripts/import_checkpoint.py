@@ -46,9 +46,11 @@ def main(argv=None):
                              "(default: yes; --no-beta-embed imports a plain CFG model)")
     parser.add_argument("--tokenizer", help="llamagen-gpt, var: tokenizer directory to record in the model")
     parser.add_argument("--vqvae", help="var: the released VQVAE file whose codebook and φ convs build the inputs")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files")
     args = parser.parse_args(argv)
     options = {k: getattr(args, k) for k in [*OPTION_FLAGS, "beta_embed"] if getattr(args, k) is not None}
-    converted = import_checkpoint(args.format, args.src, args.out, key=args.key, **options)
+    converted = import_checkpoint(args.format, args.src, args.out, key=args.key, overwrite=args.overwrite,
+                                  **options)
     n = sum(v.numel() for v in converted.state.values())
     print(f"wrote {args.out}: {converted.model_class.__name__}, {n / 1e6:.2f}M values")
     for note in converted.notes:

@@ -29,6 +29,8 @@ from gft_tokens.data.shards import (
     write_shards,
 )
 from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
+from gft_tokens.fs import check_replaceable
+from gft_tokens.data.shards import shard_dir_owned
 from gft_tokens.errors import GFTError, cli_main
 
 
@@ -45,7 +47,10 @@ def main(argv=None):
                              "the originals when not given)")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="encoding of re-encoded images")
     parser.add_argument("--seed", type=nonnegative(int), default=0, help="shapes: dataset seed; folder: shuffling seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds files other than shards")
     args = parser.parse_args(argv)
+    check_replaceable(args.out, shard_dir_owned, args.overwrite)  # before anything is read or written
     if args.count is not None and args.count <= 0:
         raise GFTError(f"--count must be positive, got {args.count}")
     encode = encode_png if args.format == "png" else encode_jpg
@@ -81,7 +86,7 @@ def main(argv=None):
                 yield {"__key__": f"{i:08d}", ext: data, "cls": str(label).encode()}
 
     written = write_shards(samples(), args.out, args.shard_size,
-                           {"kind": "images", **meta, "image_size": args.image_size})
+                           {"kind": "images", **meta, "image_size": args.image_size}, overwrite=args.overwrite)
     print(f"wrote {written['count']} images in {written['shards']} shard(s) to {args.out}/{written['pattern']}"
           f" ({written['num_classes']} classes; {skipped[0]} unreadable skipped)")
 

@@ -152,3 +152,67 @@ def test_deepspeed_config_shape_and_stage(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(GFTError, match=message.replace("(", r"\(").replace(")", r"\)")):
         E.load_ds_config(path, None)
+
+
+# --- a user's files are never replaced ------------------------------------------------------------------------------
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("make_shards.py", ["--source", "shapes", "--count", "4", "--out", "{out}"]),
+    ("extract_codes.py", ["--data", "shapes", "--count", "4", "--tokenizer", "{vq}", "--out", "{out}"]),
+    ("import_checkpoint.py", ["--format", "llamagen-gpt", "missing.pt", "{out}"]),
+])
+def test_an_output_folder_with_a_users_files_is_refused(script, argv, tmp_path, capsys):
+    from conftest import SHIPPED_VQ, script_main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    before = _snapshot(tmp_path)
+    args = [a.format(out=out, vq=SHIPPED_VQ) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        script_main(script)(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out} already exists and holds files this tool did not write (thesis.tex); pass "
+                   f"--overwrite to replace it, or choose another output directory"]
+    assert _snapshot(tmp_path) == before
+
+
+def test_make_shards_into_its_own_output_again_and_with_overwrite(tmp_path, capsys):
+    from conftest import script_main
+
+    main = script_main("make_shards.py")
+    out = tmp_path / "shards"
+    main(["--source", "shapes", "--count", "4", "--out", str(out)])
+    main(["--source", "shapes", "--count", "4", "--out", str(out)])  # only its own files there: replaced
+    (out / "notes.txt").write_text("x")
+    main(["--source", "shapes", "--count", "4", "--out", str(out), "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "dataset.json"]
+
+
+def test_save_pretrained_refuses_a_folder_with_other_files(tmp_path, shipped_tokenizer):
+    target = tmp_path / "tok"
+    target.mkdir()
+    (target / "keep.me").write_text("mine")
+    with pytest.raises(GFTError, match=r"holds files this tool did not write \(keep.me\)"):
+        shipped_tokenizer.save_pretrained(target)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.me"]
+    shipped_tokenizer.save_pretrained(target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_import_refuses_non_finite_weights(tmp_path):
+    from gft_tokens.importers import import_checkpoint
+    from test_importers import official_gpt_shapes, random_state
+
+    state = random_state(official_gpt_shapes(2, 64, 32, 5, 32))
+    state["layers.1.feed_forward.w2.weight"][3, 5] = float("nan")
+    src = tmp_path / "gpt.pt"
+    torch.save({"model": state}, src)
+    with pytest.raises(GFTError, match=r"gpt.pt: weight layers.1.feed_forward.w2.weight holds non-finite values"):
+        import_checkpoint("llamagen-gpt", src, tmp_path / "out", grid_size=4, n_head=4)
+    assert not (tmp_path / "out").exists()

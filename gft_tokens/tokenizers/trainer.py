@@ -22,7 +22,7 @@ from ..data.shapes import ShapesDataset, heldout
 from ..errors import GFTError
 from ..optim import warmup_cosine
 from ..pretrained import build_config
-from ..fs import check_writable, load_safetensors, load_torch_file
+from ..fs import check_replaceable, check_writable, load_safetensors, load_torch_file
 from . import TOKENIZER_CLASSES
 from .losses import codebook_usage, psnr, reconstruction_loss
 
@@ -46,6 +46,7 @@ class TokenizerTrainOptions:
                                "saved (0: no checkpoints)", min=0)
     keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)", min=0)
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>.checkpoints")
+    overwrite: bool = opt(False, "replace <out> even if it holds files other than a tokenizer's")
 
 
 RESUME_KEYS = ("batch_size", "train_images", "seed", "l1_weight", "weight_decay")
@@ -142,6 +143,9 @@ def evaluate_tokenizer(tok, images: torch.Tensor, batch_size: int = 250) -> dict
     return stats
 
 
+TOKENIZER_FILES = {"config.json", "model.safetensors", "recipe.yaml", "train_log.jsonl"}  # what a save writes
+
+
 def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, where: str = "recipe") -> dict:
     """Train a tokenizer on the embedded shapes data and save it to ``o.out``; returns the final metrics."""
     if o.threads:
@@ -149,6 +153,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     cls = TOKENIZER_CLASSES[kind]
     config = build_config(cls.config_class, model_options, where)
     check_writable(o.out)
+    check_replaceable(o.out, TOKENIZER_FILES.__contains__, o.overwrite)  # refused now, not after training
     torch.manual_seed(o.seed)
     tok = cls(config).train()
     n_params = sum(p.numel() for p in tok.parameters())
@@ -216,7 +221,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
                    " training images)")
     recipe = {"type": kind, "model": model_options, **to_dict(o)}
     tok.save_pretrained(
-        o.out,
+        o.out, overwrite=o.overwrite,
         extra_files={
             "recipe.yaml": yaml.safe_dump(recipe, sort_keys=False),
             "train_log.jsonl": "".join(json.dumps(e) + "\n" for e in log),
