@@ -12,6 +12,7 @@ import torch
 
 from gft_tokens import GFTError
 from gft_tokens.config import opt, resolve
+from gft_tokens.fs import sha256_file
 from gft_tokens.locks import run_lock
 from gft_tokens.train import checkpoints as CK
 from gft_tokens.train import engine as E
@@ -216,3 +217,37 @@ def test_import_refuses_non_finite_weights(tmp_path):
     with pytest.raises(GFTError, match=r"gpt.pt: weight layers.1.feed_forward.w2.weight holds non-finite values"):
         import_checkpoint("llamagen-gpt", src, tmp_path / "out", grid_size=4, n_head=4)
     assert not (tmp_path / "out").exists()
+
+
+# --- pairings checked up front --------------------------------------------------------------------------------------
+
+def test_continuous_tokenizer_for_a_discrete_family_names_both(tmp_path):
+    from conftest import ROOT
+
+    kl = ROOT / "tokenizers" / "shapes-kl"
+    with pytest.raises(GFTError, match=rf"the llamagen family needs a discrete \(VQ\) tokenizer, but {kl} is a .* "
+                                       r"tokenizer with continuous tokens"):
+        train("llamagen", options(tmp_path / "run", tokenizer=str(kl)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_pairings_ema_and_tokenizer_identity(tmp_path):
+    run = tmp_path / "run"
+    train("llamagen", options(run, steps=2))
+    before = _snapshot(run)
+    with pytest.raises(GFTError, match=r"cannot resume with --ema: .*step00000002 was saved without EMA weights"):
+        train("llamagen", options(run, steps=4, resume=True, ema=True))
+    tag = run / "checkpoints" / "step00000002" / E.TRAINING_STATE
+    state = json.loads(tag.read_text())
+    state["tokenizer"]["codebook_size"] = 4096  # as if trained with another tokenizer at the same path
+    tag.write_text(json.dumps(state))
+    manifest = tag.parent / CK.MANIFEST  # re-sealed, so that only the tokenizer differs
+    m = json.loads(manifest.read_text())
+    m["files"][tag.name] = {"size": tag.stat().st_size, "sha256": sha256_file(tag)}
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(GFTError, match=r"cannot resume: .*step00000002 was trained with the tokenizer .*4096.*, "
+                                       r"but --tokenizer .* is "):
+        train("llamagen", options(run, steps=4, resume=True))
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if "step00000002/" not in k or k.endswith(".pt")} == \
+        {k: v for k, v in before.items() if "step00000002/" not in k or k.endswith(".pt")}  # nothing else touched

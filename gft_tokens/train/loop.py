@@ -185,6 +185,21 @@ def check_run_dir(out: Path, o: TrainOptions) -> None:
                        f"to replace it")
 
 
+def _check_resume_pairing(directory: Path, tokenizer, o: TrainOptions) -> None:
+    """The checkpoint's tokenizer and EMA must be this run's, checked before DeepSpeed reads a byte."""
+    try:
+        saved = json.loads((directory / E.TRAINING_STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # load_checkpoint reports an unreadable state
+    was, mine = saved.get("tokenizer"), tokenizer.describe()
+    if was is not None and json.loads(json.dumps(mine)) != was:
+        raise GFTError(f"cannot resume: {directory} was trained with the tokenizer {was}, but --tokenizer "
+                       f"{o.tokenizer} is {mine}")
+    if o.ema and saved.get("ema") is False:
+        raise GFTError(f"cannot resume with --ema: {directory} was saved without EMA weights (resume without --ema, "
+                       f"or start a new run with --overwrite)")
+
+
 def train(family_name: str, o: TrainOptions) -> dict:
     """Train one model; returns a summary (final loss, steps, wall time, paths). ``<out>`` is locked meanwhile."""
     import contextlib
@@ -216,6 +231,12 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     log = print if rank == 0 else (lambda *_: None)
 
     tokenizer = load_tokenizer(o.tokenizer)
+    continuous = "codebook_size" not in tokenizer.describe()
+    if continuous != (adapter.inputs == "latents"):  # tokenizer kind vs family, before anything is built
+        want = "a continuous (KL) tokenizer" if adapter.inputs == "latents" else "a discrete (VQ) tokenizer"
+        raise GFTError(f"the {family_name} family needs {want}, but {o.tokenizer} is a "
+                       f"{tokenizer.describe().get('type')} tokenizer with {'continuous' if continuous else 'discrete'}"
+                       f" tokens")
     ds_cfg = E.finalize_ds_config(E.load_ds_config(o.ds_config, o.zero_stage), micro_batch=o.batch_size,
                                   grad_accum=o.grad_accum, world=world, grad_clip=o.grad_clip, bf16=o.bf16)
     stage = E.zero_stage(ds_cfg)
@@ -271,12 +292,16 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         if tag is None:
             log(f"--resume: no checkpoint in {ckpt_root}; starting from scratch")
         else:
+            _check_resume_pairing(ckpt_root / tag, tokenizer, o)
             client = E.load_checkpoint(engine, ckpt_root, tag, to_dict(o), RESUME_KEYS, world)
             start_step, skipped = int(client["step"]), int(client.get("skipped", 0))
             rs = E.load_rank_state(ckpt_root, tag, rank)
             torch.set_rng_state(rs["torch_rng"])
             gen.set_state(rs["generator"])
             if ema is not None:
+                if "ema" not in rs:
+                    raise GFTError(f"cannot resume with --ema: {ckpt_root / tag} holds no EMA weights (resume "
+                                   f"without --ema, or start a new run with --overwrite)")
                 ema.load_state_dict(rs["ema"])
             log(f"resumed from {ckpt_root / tag} at step {start_step}")
     train_log = _Log(out / "train_log.jsonl", rank, start_step if o.resume else None)
@@ -300,7 +325,8 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
                 module.save_pretrained(out / "model_ema", state_dict=state)
 
     def checkpoint(step: int) -> None:
-        client = {"step": step, "options": to_dict(o), "skipped": skipped}
+        client = {"step": step, "options": to_dict(o), "skipped": skipped, "tokenizer": tokenizer.describe(),
+                  "ema": ema is not None}
         rank_state = {"torch_rng": torch.get_rng_state(), "generator": gen.get_state()}
         if ema is not None:
             rank_state["ema"] = ema.state_dict()
