@@ -251,3 +251,25 @@ def test_resume_pairings_ema_and_tokenizer_identity(tmp_path):
     after = _snapshot(run)
     assert {k: v for k, v in after.items() if "step00000002/" not in k or k.endswith(".pt")} == \
         {k: v for k, v in before.items() if "step00000002/" not in k or k.endswith(".pt")}  # nothing else touched
+
+
+def test_a_codes_shard_mixing_grid_sizes_names_both_shapes(tmp_path, shipped_tokenizer):
+    import io
+
+    import numpy as np
+
+    from gft_tokens.data.shards import ShardStream, write_shards
+
+    def sample(i, grid):
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((1, grid, grid), dtype=np.int16))
+        return {"__key__": f"{i:04d}", "codes.npy": buf.getvalue(), "cls": b"1"}
+
+    write_shards(iter([sample(0, 8), sample(1, 8), sample(2, 16), sample(3, 8)]), tmp_path / "codes", 100,
+                 {"kind": "codes", "num_classes": 10})
+    stream = ShardStream(str(tmp_path / "codes" / "000000.tar"), tokenizer=shipped_tokenizer, rank=0, world=1,
+                         batch_size=4, seed=0, workers=0, num_classes=10)
+    stream.expect(shipped_tokenizer.codebook_size, (8, 8))
+    with pytest.raises(GFTError, match=r"codes from .* mix shapes: a sample has shape \(16, 16\), expected \(8, 8\) "
+                                       r"like the model"):
+        stream.next_batch()

@@ -445,6 +445,12 @@ class ShardStream:
             xs.append(x)
             labels.append(int(label))
             self.skipped += int(skipped)
+        want = self._expect[1] if self._expect is not None and self.kind == "codes" else tuple(xs[0].shape)
+        odd = next((i for i, x in enumerate(xs) if tuple(x.shape) != want), None)
+        if odd is not None:  # a shard mixing grid sizes: one sentence naming both, not a stack error
+            raise GFTError(f"{self.kind} from {self.spec} mix shapes: a sample has shape {tuple(xs[odd].shape)}, "
+                           f"expected {want} like {'the model' if self._expect is not None else 'the first sample'}"
+                           f" (were the shards written with different tokenizers or image sizes?)")
         x = torch.stack(xs)
         if self.kind == "images":
             codes = encode_codes(self.tokenizer, x)
