@@ -30,6 +30,7 @@ from .errors import GFTError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_MANIFEST = "manifest.json"  # sizes and sha256 of the exported files, checked on load
 
 
 def _umask() -> int:
@@ -277,9 +278,12 @@ def read_config_dict(path: str | os.PathLike) -> dict:
     if not cfg.is_file():
         raise GFTError(f"{str(path)!r} has no {CONFIG_NAME}")
     try:
-        return json.loads(cfg.read_text())
+        data = json.loads(cfg.read_text())
     except json.JSONDecodeError as exc:
         raise GFTError(f"{cfg} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise GFTError(f"{cfg} must hold a JSON object of settings, got a {type(data).__name__}")
+    return data
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -287,7 +291,19 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise GFTError(f"{str(path.parent)!r} has no weights file {path.name}")
+    manifest = path.parent / WEIGHTS_MANIFEST
+    if manifest.is_file():  # written by save_pretrained: the content must be what was saved
+        try:
+            entry = json.loads(manifest.read_text())["files"].get(path.name)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise GFTError(f"{manifest} is corrupt") from None
+        if isinstance(entry, dict) and sha256_file(path) != entry.get("sha256"):
+            raise GFTError(f"weights file {path} is corrupt or truncated: its content does not match the sha256 in {manifest}")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise GFTError(f"weights file {path} is corrupt or truncated ({exc})") from None
+    for name, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise GFTError(f"weights file {path}: tensor {name} holds non-finite values (NaN or inf)")
+    return state

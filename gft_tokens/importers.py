@@ -67,7 +67,7 @@ def import_checkpoint(fmt: str, src: str | Path, out: str | Path | None = None, 
     """
     get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
     if out is not None:
-        check_replaceable(out, {"config.json", "model.safetensors"}.__contains__, overwrite)
+        check_replaceable(out, {"config.json", "model.safetensors", "manifest.json"}.__contains__, overwrite)
     state = extract_state_dict(load_checkpoint_file(src), key=key, where=str(src))
     converted = convert_state_dict(fmt, state, **options)
     for name, value in converted.state.items():  # NaN weights would only surface later, deep inside sampling

@@ -191,7 +191,7 @@ def test_truncated_deepspeed_checkpoint(run_dir, tmp_path, capsys):
 
 
 def test_corrupted_deepspeed_checkpoint_of_the_right_size(run_dir, tmp_path, capsys):
-    def scramble(ckpt):  # same size, so the manifest still matches: the content check must catch it
+    def scramble(ckpt):  # same size: the sha256 in the manifest catches it
         f = ckpt / "mp_rank_00_model_states.pt"
         data = bytearray(f.read_bytes())
         data[-2000:] = bytes(2000)

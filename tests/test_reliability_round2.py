@@ -39,7 +39,7 @@ def test_manifest_records_sha256_and_a_flipped_byte_is_refused(tmp_path, capsys)
     for i in (10, 500, 1000):  # three flipped bytes, same size: the size check alone passed this
         data[i] ^= 0xFF
     (good / "optim_states.pt").write_bytes(bytes(data))
-    assert CK.verify(good) == ("optim_states.pt is corrupt: its content does not match the sha256 recorded when "
+    assert CK.verify(good) == ("optim_states.pt is corrupt or truncated: its content does not match the sha256 recorded when "
                                "it was saved")
     assert CK.latest_tag(root) == "step00000001"
     assert "skipping incomplete checkpoint" in capsys.readouterr().out
@@ -203,7 +203,7 @@ def test_save_pretrained_refuses_a_folder_with_other_files(tmp_path, shipped_tok
         shipped_tokenizer.save_pretrained(target)
     assert sorted(p.name for p in target.iterdir()) == ["keep.me"]
     shipped_tokenizer.save_pretrained(target, overwrite=True)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
 
 
 def test_import_refuses_non_finite_weights(tmp_path):
@@ -273,3 +273,33 @@ def test_a_codes_shard_mixing_grid_sizes_names_both_shapes(tmp_path, shipped_tok
     with pytest.raises(GFTError, match=r"codes from .* mix shapes: a sample has shape \(16, 16\), expected \(8, 8\) "
                                        r"like the model"):
         stream.next_batch()
+
+
+def test_a_config_json_that_is_not_an_object(tmp_path):
+    from gft_tokens.tokenizers import load_tokenizer
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "config.json").write_text("[1, 2]")
+    with pytest.raises(GFTError, match=r"config.json must hold a JSON object of settings, got a list"):
+        load_tokenizer(tmp_path / "tok")
+
+
+def test_exported_weights_carry_sha256_and_a_flipped_byte_or_nan_is_refused(tmp_path, shipped_tokenizer):
+    from gft_tokens.tokenizers import load_tokenizer
+
+    target = shipped_tokenizer.save_pretrained(tmp_path / "tok")
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"config.json", "model.safetensors"}
+    load_tokenizer(target)
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0x01  # inside a tensor's bytes: safetensors itself would load it
+    weights.write_bytes(bytes(data))
+    with pytest.raises(GFTError, match=r"model.safetensors is corrupt or truncated: its content does not match the sha256 in"):
+        load_tokenizer(target)
+    state = {k: v.clone() for k, v in shipped_tokenizer.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    shipped_tokenizer.save_pretrained(tmp_path / "nan", state_dict=state)
+    with pytest.raises(GFTError, match=rf"tensor {name} holds non-finite values"):
+        load_tokenizer(tmp_path / "nan")

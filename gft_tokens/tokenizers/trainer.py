@@ -143,7 +143,7 @@ def evaluate_tokenizer(tok, images: torch.Tensor, batch_size: int = 250) -> dict
     return stats
 
 
-TOKENIZER_FILES = {"config.json", "model.safetensors", "recipe.yaml", "train_log.jsonl"}  # what a save writes
+TOKENIZER_FILES = {"config.json", "model.safetensors", "manifest.json", "recipe.yaml", "train_log.jsonl"}  # what a save writes
 
 
 def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, where: str = "recipe") -> dict:

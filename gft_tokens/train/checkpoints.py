@@ -129,7 +129,7 @@ def verify(directory: Path) -> str | None:
         if path.stat().st_size != size:
             return f"{name} is truncated or altered ({path.stat().st_size} bytes, {size} when saved)"
         if digest is not None and sha256_file(path) != digest:
-            return f"{name} is corrupt: its content does not match the sha256 recorded when it was saved"
+            return f"{name} is corrupt or truncated: its content does not match the sha256 recorded when it was saved"
     return None
 
 
