@@ -247,11 +247,6 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     if rank == 0:
         check_writable(out)  # created (with what goes in it) only once the inputs have checked out
         check_run_dir(out, o)
-        stack.enter_context(run_lock(out))  # a second trainer on this --out is refused while this one runs
-        if o.overwrite:
-            for name in RUN_FILES:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if stream is None:
         if rank == 0:
             data = shapes_codes(tokenizer, o.tokenizer, o.train_images, seed=o.seed)
@@ -267,6 +262,12 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         adapter.check_data(data, model.config)
     else:
         stream.expect(model.config.vocab_size, adapter.token_shape(model.config))
+    if rank == 0:  # every input has checked out: from here on this process owns <out>
+        stack.enter_context(run_lock(out))  # a second trainer on this --out is refused while this one runs
+        if o.overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     held = torch.zeros(world, dtype=torch.long)  # parameters this rank stores (its ZeRO-3 partition)
     held[rank] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
