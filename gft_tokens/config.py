@@ -18,10 +18,15 @@ from typing import Any
 import yaml
 
 from .errors import GFTError
+from .validate import BOUND_KEYS, bounded, check_value, describe_range
 
 
 def opt(default, help: str, **kwargs):
-    """A dataclass field with a help string (and an optional ``choices=``)."""
+    """A dataclass field with a help string and its valid values: ``choices=``, ``min=``/``max=`` (inclusive),
+    ``gt=``/``lt=`` (exclusive); a float must be finite unless ``finite=False``. :func:`resolve` checks them."""
+    unknown = set(kwargs) - {"choices", *BOUND_KEYS}
+    if unknown:
+        raise TypeError(f"opt() got unknown keys {sorted(unknown)}")
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
@@ -75,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls, group_title: str | None 
         if base is dict:  # mappings are given in the YAML file only
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "default": None}
+        bounds = {k: f.metadata[k] for k in ("min", "max", "gt", "lt") if k in f.metadata}
+        if bounds:
+            help_text = f"{help_text}; in {describe_range(**bounds)}"
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if base is bool and not is_list:
@@ -82,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, group_title: str | None 
             continue
         if is_list:
             kwargs["nargs"] = "+"
-        group.add_argument(flag, type=base, metavar=f.name.upper(), help=f"{help_text} (default: {default})", **kwargs)
+        arg_type = bounded(base, **bounds) if base in (int, float) else base  # the range named at parse time
+        group.add_argument(flag, type=arg_type, metavar=f.name.upper(), help=f"{help_text} (default: {default})", **kwargs)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -119,10 +128,9 @@ def resolve(cls, yaml_values: dict | None = None, args: argparse.Namespace | Non
     if args is not None:
         values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     converted = {k: _convert(v, hints[k], k) for k, v in values.items()}
-    for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        if choices and f.name in converted and converted[f.name] not in choices:
-            raise GFTError(f"option {f.name!r} must be one of {list(choices)}, got {converted[f.name]!r}")
+    for f in dataclasses.fields(cls):  # every option's range, choices and finiteness, in this one place
+        check_value(f.name, converted.get(f.name, f.default if f.default is not dataclasses.MISSING else None),
+                    f.metadata)
     return cls(**converted)
 
 

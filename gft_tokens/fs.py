@@ -30,6 +30,7 @@ from .errors import GFTError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_MANIFEST = "manifest.json"  # sizes and sha256 of the exported files, checked on load
 
 
 def _umask() -> int:
@@ -118,15 +119,42 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def foreign_entries(path: str | os.PathLike, owned) -> list[str]:
+    """Entries of directory ``path`` that ``owned`` (a predicate on a name) does not claim; [] if it is absent."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_dir():
+        return [path.name]
+    return sorted(e.name for e in path.iterdir() if not owned(e.name))
+
+
+def check_replaceable(path: str | os.PathLike, owned, overwrite: bool = False) -> None:
+    """Refuse to replace ``path`` if it holds anything this tool did not write (``owned(name)`` false), unless
+    ``overwrite``: a user's files are never deleted by a write. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GFTError(f"cannot write to {path}: it is a file, not a directory")
+    foreign = [] if overwrite else foreign_entries(path, owned)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise GFTError(f"{path} already exists and holds files this tool did not write ({', '.join(foreign[:3])}"
+                       f"{more}); pass --overwrite to replace it, or choose another output directory")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
+def atomic_dir(path: str | os.PathLike, owned=None, overwrite: bool = True):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` in one rename.
 
     On any exception the temporary directory is removed and ``path`` is left exactly as it was. Replacing an
     existing directory swaps the two atomically where the filesystem supports it (Linux), so ``path`` is never
     missing, even for an instant; temporaries left by a killed process are removed by the next write.
+    With ``owned`` (a predicate on file names), an existing ``path`` holding anything else is refused unless
+    ``overwrite``.
     """
     path = Path(path)
+    if owned is not None:  # replace only what this tool wrote there
+        check_replaceable(path, owned, overwrite)
     tmp = _mkstemp_beside(path, directory=True)
     try:
         yield tmp
@@ -162,6 +190,29 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content (recorded in manifests, checked before a file is trusted)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the filesystem running out of space (torch reports it as a RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, RuntimeError) and ("No space left on device" in str(exc) or "file write failed" in str(exc))
+
+
+def disk_full_error(path: str | os.PathLike, needed_bytes: int) -> GFTError:
+    return GFTError(f"disk full while writing {path} (needs ~{max(1, round(needed_bytes / 2**20))} MB); "
+                    f"nothing was left behind — free some space and run again")
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -227,9 +278,12 @@ def read_config_dict(path: str | os.PathLike) -> dict:
     if not cfg.is_file():
         raise GFTError(f"{str(path)!r} has no {CONFIG_NAME}")
     try:
-        return json.loads(cfg.read_text())
+        data = json.loads(cfg.read_text())
     except json.JSONDecodeError as exc:
         raise GFTError(f"{cfg} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise GFTError(f"{cfg} must hold a JSON object of settings, got a {type(data).__name__}")
+    return data
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -237,7 +291,19 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise GFTError(f"{str(path.parent)!r} has no weights file {path.name}")
+    manifest = path.parent / WEIGHTS_MANIFEST
+    if manifest.is_file():  # written by save_pretrained: the content must be what was saved
+        try:
+            entry = json.loads(manifest.read_text())["files"].get(path.name)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise GFTError(f"{manifest} is corrupt") from None
+        if isinstance(entry, dict) and sha256_file(path) != entry.get("sha256"):
+            raise GFTError(f"weights file {path} is corrupt or truncated: its content does not match the sha256 in {manifest}")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise GFTError(f"weights file {path} is corrupt or truncated ({exc})") from None
+    for name, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise GFTError(f"weights file {path}: tensor {name} holds non-finite values (NaN or inf)")
+    return state

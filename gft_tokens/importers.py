@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import GFTError
+from .fs import check_replaceable
 from .families.llamagen.importer import GPT_IMPORTER, VQ_IMPORTER
 from .families.mar.importer import KL16_IMPORTER, MAR_IMPORTER
 from .families.var.importer import VAR_IMPORTER, VQVAE_IMPORTER
@@ -66,23 +67,28 @@ def convert_state_dict(fmt: str, state: dict[str, torch.Tensor], recorded: dict 
 
 
 def import_checkpoint(fmt: str, src: str | Path, out: str | Path | None = None, key: str | None = None,
-                      **options) -> Converted:
+                      overwrite: bool = False, **options) -> Converted:
     """Convert the official checkpoint ``src`` of format ``fmt``; write it to ``out`` (atomically) if given.
 
     ``options`` are the importer's own (``grid_size``, ``preset`` …; see ``IMPORTERS[fmt].options``). Load the
     result with :func:`gft_tokens.families.load_model` or :func:`gft_tokens.tokenizers.load_tokenizer`.
     """
     importer = get_importer(fmt)  # a bad format name fails before the (possibly large) file is read
+    if out is not None:
+        check_replaceable(out, {"config.json", "model.safetensors", "manifest.json"}.__contains__, overwrite)
     obj = load_checkpoint_file(src)
     if key is None and importer.default_key and isinstance(obj, dict) and isinstance(obj.get(importer.default_key), dict):
         key = importer.default_key
     state = extract_state_dict(obj, key=key, where=str(src))
     recorded = importer.recorded(obj) if importer.recorded is not None else None
     converted = convert_state_dict(fmt, state, recorded=recorded, **options)
+    for name, value in converted.state.items():  # NaN weights would only surface later, deep inside sampling
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise GFTError(f"{src}: weight {name} holds non-finite values (NaN or inf); refusing to import it")
     if out is not None:
         with torch.device("meta"):
             target = converted.model_class(converted.config)
-        target.save_pretrained(out, state_dict=converted.state)
+        target.save_pretrained(out, state_dict=converted.state, overwrite=overwrite)
     return converted
 
 

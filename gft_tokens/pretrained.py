@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .errors import GFTError
-from .fs import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, load_safetensors, read_config_dict
+from .fs import (CONFIG_NAME, WEIGHTS_MANIFEST, WEIGHTS_NAME, atomic_dir, load_safetensors, read_config_dict,
+                 sha256_file)
 
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
     """Raise a :class:`GFTError` listing missing/unexpected keys and shape mismatches (at most 5 of each)."""
@@ -116,22 +117,27 @@ class GFTPreTrainedModel(PreTrainedModel):
         pass
 
     def save_pretrained(
-        self, save_directory, state_dict: dict | None = None, extra_files: dict[str, str] | None = None, **_ignored
+        self, save_directory, state_dict: dict | None = None, extra_files: dict[str, str] | None = None,
+        overwrite: bool = False, **_ignored
     ) -> Path:
         """Write ``config.json`` + ``model.safetensors`` to ``save_directory`` atomically.
 
         ``state_dict`` overrides the module's own (e.g. a consolidated ZeRO-3 state dict); ``extra_files`` maps
-        file names to text written alongside (a training recipe, a log) in the same atomic step.
+        file names to text written alongside (a training recipe, a log) in the same atomic step. An existing
+        ``save_directory`` holding other files than these is refused unless ``overwrite``.
         """
         state = self.state_dict() if state_dict is None else state_dict
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         config = self.config.to_diff_dict()
         config["architectures"] = [type(self).__name__]
-        with atomic_dir(save_directory) as tmp:
+        names = {CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_MANIFEST, *(extra_files or {})}
+        with atomic_dir(save_directory, owned=names.__contains__, overwrite=overwrite) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
+            files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
+            (tmp / WEIGHTS_MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
         return Path(save_directory)
 
     @classmethod

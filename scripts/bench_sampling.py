@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from gft_tokens.validate import ArgumentParser, bounded, device, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import FAMILIES, get_family
 from gft_tokens.families.options import family_options
@@ -76,27 +77,27 @@ def bench_vocab(family, model, batch: int, recompute_batch: int, repeats: int, d
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family (default: llamagen)")
     p.add_argument("--preset", help="model preset (default: the family's: GPT-small, d4, MAR-tiny)")
-    p.add_argument("--grid", type=int, default=16, help="token grid side (default: 16 → 256 tokens; VAR: scales 1..16)")
-    p.add_argument("--batch", type=int,
+    p.add_argument("--grid", type=positive(int), default=16, help="token grid side (default: 16 → 256 tokens; VAR: scales 1..16)")
+    p.add_argument("--batch", type=positive(int),
                    help="images per GFT batch; CFG runs 2x rows. Large enough that a step is compute-bound rather "
                         "than bound by per-step overheads or weight reads (default: the family's: 256 llamagen, "
                         "32 masked, 16 var and mar)")
-    p.add_argument("--recompute-batch", type=int, default=16, help="batch for the cache-vs-recompute pair (default: 16)")
-    p.add_argument("--repeats", type=int, help="timed runs per measurement, median (default: the family's: 1; 3 masked)")
-    p.add_argument("--vocabs", type=int, nargs="+",
+    p.add_argument("--recompute-batch", type=positive(int), default=16, help="batch for the cache-vs-recompute pair (default: 16)")
+    p.add_argument("--repeats", type=positive(int), help="timed runs per measurement, median (default: the family's: 1; 3 masked)")
+    p.add_argument("--vocabs", type=bounded(int, min=2), nargs="+",
                    help="vocabulary sizes (default: the family's: 1024 16384 llamagen/masked, 4096 var)")
-    p.add_argument("--cfg-scale", type=float, default=2.0, help="CFG scale of the CFG runs (default: 2.0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cfg-scale", type=bounded(float, min=1), default=2.0, help="CFG scale of the CFG runs (default: 2.0)")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (0: default)")
     p.add_argument("--quick", action="store_true", help="smaller batch and one repeat: under a minute on a CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     for option, families in family_options():
         kw = {"choices": list(option.choices)} if option.choices else {}
-        p.add_argument(option.flag, type=option.type, help=f"{' and '.join(families)} only: {option.help}", **kw)
+        p.add_argument(option.flag, type=option.arg_type(), help=f"{' and '.join(families)} only: {option.help}", **kw)
     args = p.parse_args(argv)
     family = get_family(args.model)
     spec = family.bench

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from gft_tokens.validate import ArgumentParser, bounded, device, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import FAMILIES, build_model, get_family
 from gft_tokens.objectives import HeadInputs
@@ -139,16 +140,16 @@ def peak_of_one_step(args, vocab: int, objective: str) -> int:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family")
     p.add_argument("--preset", default="GPT-tiny", help="model preset (default: GPT-tiny)")
-    p.add_argument("--grid", type=int, default=16, help="token grid side (default: 16 → 256 tokens)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
-    p.add_argument("--repeats", type=int, default=9, help="timed steps per variant (median) (default: 9)")
-    p.add_argument("--vocabs", type=int, nargs="+", default=[1024, 16384], help="vocabulary sizes")
+    p.add_argument("--grid", type=positive(int), default=16, help="token grid side (default: 16 → 256 tokens)")
+    p.add_argument("--batch", type=positive(int), default=16, help="batch size (default: 16)")
+    p.add_argument("--repeats", type=positive(int), default=9, help="timed steps per variant (median) (default: 9)")
+    p.add_argument("--vocabs", type=bounded(int, min=2), nargs="+", default=[1024, 16384], help="vocabulary sizes")
     p.add_argument("--loss", default="fused", choices=["fused", "naive"], help="CE implementation (default: fused)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (0: default)")
     p.add_argument("--quick", action="store_true", help="smaller batch and fewer repeats: under a minute on a CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--_peak", help=argparse.SUPPRESS)

@@ -30,6 +30,7 @@ import sys
 
 import torch
 
+from gft_tokens.validate import ArgumentParser, nonnegative, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, file_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
@@ -42,7 +43,7 @@ from gft_tokens.paths import shipped
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", required=True, help="samples .npz (arr_0 or images uint8 (N,H,W,3); labels)")
     p.add_argument("--features", choices=("probe", "inception"), default="probe",
                    help="probe: --extractor (default); inception: the FID Inception-v3 from --inception-weights")
@@ -58,11 +59,11 @@ def main(argv=None):
     p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
                    help="score samples of one dataset with an extractor trained on another (default: refused)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
-    p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
+    p.add_argument("--ref-size", type=positive(int), default=DEFAULT_REF_SIZE,
                    help=f"held-out images in the embedded reference (default: {DEFAULT_REF_SIZE})")
-    p.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
-    p.add_argument("--is-splits", type=int, default=10, help="random parts of the Inception Score, at most one per 100 samples (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the precision/recall subsets (default: 0)")
+    p.add_argument("--k", type=positive(int), default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")
+    p.add_argument("--is-splits", type=positive(int), default=10, help="random parts of the Inception Score, at most one per 100 samples (default: 10)")
+    p.add_argument("--seed", type=nonnegative(int), default=0, help="seed of the precision/recall subsets (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object (last line) instead of a summary")
     args = p.parse_args(argv)
     if args.k < 1:

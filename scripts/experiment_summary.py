@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from gft_tokens.validate import ArgumentParser
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval.sweep import best_rows, comparison
 from gft_tokens.fs import atomic_file
@@ -140,7 +141,7 @@ def plots(summaries: list[dict], docs: Path) -> None:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", default="docs/gft_vs_cfg", help="the experiment's docs folder (default: docs/gft_vs_cfg)")
     p.add_argument("--runs", default="runs/gft_vs_cfg", help="the experiment's runs folder (default: runs/gft_vs_cfg)")
     p.add_argument("--families", nargs="+", default=["llamagen", "var", "masked", "mar"])

@@ -23,28 +23,34 @@ import torch
 from tqdm.auto import tqdm
 
 from gft_tokens.data.shards import encode_codes, image_views, labelled_images, write_shards
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
+from gft_tokens.fs import check_replaceable
+from gft_tokens.data.shards import shard_dir_owned
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.tokenizers import load_tokenizer
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="'shapes', an image folder, or a shard pattern of images")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
     parser.add_argument("--out", required=True, help="output directory for the code shards")
     parser.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
                         help="10 views: corners + centre of a crop_range-enlarged centre crop, and their flips")
-    parser.add_argument("--crop-range", type=float, default=1.1, help="ten-crop enlargement (default: 1.1)")
+    parser.add_argument("--crop-range", type=bounded(float, min=1, max=4), default=1.1, help="ten-crop enlargement (default: 1.1)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="also store the flipped image (with --ten-crop: the flipped crops; --no-flip: 1 view, "
                              "or the 5 crops) (default: yes)")
-    parser.add_argument("--count", type=int, default=None, help="number of images (shapes: default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="shapes: dataset seed; folder: order seed")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--count", type=positive(int), default=None, help="number of images (shapes: default 10000)")
+    parser.add_argument("--seed", type=nonnegative(int), default=0, help="shapes: dataset seed; folder: order seed")
+    parser.add_argument("--batch-size", type=positive(int), default=64, help="images per tokenizer call")
+    parser.add_argument("--shard-size", type=positive(int), default=1000, help="samples per shard")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds files other than shards")
     args = parser.parse_args(argv)
+    check_replaceable(args.out, shard_dir_owned, args.overwrite)  # before anything is read or written
     if args.threads < 0:
         raise GFTError(f"--threads must be at least 0, got {args.threads}")
     if args.threads:
@@ -84,7 +90,7 @@ def main(argv=None):
     extra = {"kind": "codes", **meta, "tokenizer": {**tokenizer.describe(), "path": args.tokenizer},
              "ten_crop": args.ten_crop, "flip": args.flip, "crop_range": args.crop_range if args.ten_crop else None,
              "views": (10 if args.flip else 5) if args.ten_crop else (2 if args.flip else 1)}
-    written = write_shards(samples(), args.out, args.shard_size, extra)
+    written = write_shards(samples(), args.out, args.shard_size, extra, overwrite=args.overwrite)
     print(f"wrote codes of {written['count']} images x {written['views']} views in {written['shards']} shard(s) to "
           f"{args.out}/{written['pattern']} ({skipped[0]} unreadable skipped)")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import FAMILIES, check_tokenizer_matches, family_of, get_family, load_model, sample_images
 from gft_tokens.families.classes import model_class_names, resolve_classes
@@ -42,15 +43,15 @@ def _fmt(x: float) -> str:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES),
                    help="model family of the default --ckpt (default: llamagen); a given --ckpt says its own")
     p.add_argument("--ckpt", help="exported model dir (default: runs/<model>/model, where training writes it)")
     p.add_argument("--tokenizer", help="tokenizer dir (default: the one recorded in the model's config)")
-    p.add_argument("--beta", type=float, nargs="+", help="GFT β value(s) in [0, 1]; several give a comparison figure")
-    p.add_argument("--cfg-scale", type=float,
+    p.add_argument("--beta", type=bounded(float, min=0, max=1), nargs="+", help="GFT β value(s) in [0, 1]; several give a comparison figure")
+    p.add_argument("--cfg-scale", type=bounded(float, min=0),
                    help="classifier-free guidance scale w, u + w(c - u), for every family (2 passes; 1 = one pass)")
-    p.add_argument("--cfg", type=float, metavar="T",
+    p.add_argument("--cfg", type=bounded(float, min=-1), metavar="T",
                    help="the same in VAR's convention (1 + t)c - t*u: --cfg T is --cfg-scale 1+T")
     p.add_argument("--classes", nargs="+", metavar="CLASS",
                    help="classes by id or by name (the model's dataset record), one row each (default: all)")
@@ -59,12 +60,12 @@ def main(argv=None):
     p.add_argument("--prompt", nargs="+", help="text-to-image models: prompts, one row each")
     p.add_argument("--prompts", metavar="FILE", help="text-to-image models: a file of prompts, one per line")
     p.add_argument("--text-encoder", help="text encoder dir (default: the one recorded in a t2i model's config)")
-    p.add_argument("--n-per-class", type=int, default=8, help="samples per class (or per prompt; default: 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
+    p.add_argument("--n-per-class", type=positive(int), default=8, help="samples per class (or per prompt; default: 8)")
+    p.add_argument("--seed", type=nonnegative(int), default=0, help="random seed (default: 0)")
+    p.add_argument("--batch-size", type=positive(int), default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--out", help="output dir (default: samples/<model>)")
-    p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (default: 4)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--scale", type=bounded(int, min=1, max=64), default=4, help="upscale factor of the PNG (default: 4)")
+    p.add_argument("--threads", type=nonnegative(int), default=0, help="torch CPU threads (default: 0, torch's default)")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
     if args.threads < 0:

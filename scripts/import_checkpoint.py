@@ -23,6 +23,7 @@ import argparse
 
 import gft_tokens.families  # noqa: F401  (model families register their importers on import)
 import gft_tokens.tokenizers  # noqa: F401
+from gft_tokens.validate import ArgumentParser, positive
 from gft_tokens.errors import cli_main
 from gft_tokens.importers import IMPORTERS, import_checkpoint
 
@@ -34,36 +35,38 @@ OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": in
 @cli_main
 def main(argv=None):
     formats = "\n".join(f"  {name:14s} {imp.description}" for name, imp in sorted(IMPORTERS.items()))
-    parser = argparse.ArgumentParser(description=__doc__, epilog="formats:\n" + formats,
+    parser = ArgumentParser(description=__doc__, epilog="formats:\n" + formats,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="checkpoint format (required)")
     parser.add_argument("src", help="the official checkpoint file (.pt / .pth / .safetensors)")
     parser.add_argument("out", help="output directory (written atomically)")
     parser.add_argument("--key", help="container key holding the state dict (default: 'model', 'module', "
                                       "'state_dict' or the whole file)")
-    parser.add_argument("--grid-size", type=int, help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
-    parser.add_argument("--image-size", type=int, help="llamagen-vq, var-vqvae, mar-kl16: image side the tokenizer "
+    parser.add_argument("--grid-size", type=positive(int), help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
+    parser.add_argument("--image-size", type=positive(int), help="llamagen-vq, var-vqvae, mar-kl16: image side the tokenizer "
                                                        "is used at (var-vqvae: picks VAR's scale schedule)")
     parser.add_argument("--scales", help="var-vqvae: scale schedule, comma-separated (default: VAR's for the image "
                                          "size)")
-    parser.add_argument("--num-sampling-steps", type=int, help="mar: diffusion steps per token (default: the "
+    parser.add_argument("--num-sampling-steps", type=positive(int), help="mar: diffusion steps per token (default: the "
                                                                "training args' or 100)")
-    parser.add_argument("--cls-token-num", type=int, help="llamagen-gpt: class-token positions (read from the "
+    parser.add_argument("--cls-token-num", type=positive(int), help="llamagen-gpt: class-token positions (read from the "
                                                           "checkpoint's training args when it has them; default 1)")
-    parser.add_argument("--class-dropout-prob", type=float,
+    parser.add_argument("--class-dropout-prob", type=bounded(float, min=0, lt=1),
                         help="llamagen-gpt: the training class dropout; 0 means the class table has no null row "
                              "(read from the training args when present; default: LlamaGen's 0.1)")
     parser.add_argument("--preset", help="llamagen-gpt, mar: model preset (default: from the training args or the "
                                          "shapes)")
-    parser.add_argument("--n-head", type=int, help="llamagen-gpt, mar: attention heads of a size that fits no preset")
+    parser.add_argument("--n-head", type=positive(int), help="llamagen-gpt, mar: attention heads of a size that fits no preset")
     parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
                         help="llamagen-gpt, var: add a zero-initialised β embedder when the checkpoint has none "
                              "(default: yes; --no-beta-embed imports a plain CFG model; also mar)")
     parser.add_argument("--tokenizer", help="llamagen-gpt, var: tokenizer directory to record in the model")
     parser.add_argument("--vqvae", help="var: the released VQVAE file whose codebook and φ convs build the inputs")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files")
     args = parser.parse_args(argv)
     options = {k: getattr(args, k) for k in [*OPTION_FLAGS, "beta_embed"] if getattr(args, k) is not None}
-    converted = import_checkpoint(args.format, args.src, args.out, key=args.key, **options)
+    converted = import_checkpoint(args.format, args.src, args.out, key=args.key, overwrite=args.overwrite,
+                                  **options)
     n = sum(v.numel() for v in converted.state.values())
     print(f"wrote {args.out}: {converted.model_class.__name__}, {n / 1e6:.2f}M values")
     for note in converted.notes:

@@ -33,23 +33,29 @@ from gft_tokens.data.shards import (
     labelled_images,
     write_shards,
 )
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
+from gft_tokens.fs import check_replaceable
+from gft_tokens.data.shards import shard_dir_owned
 from gft_tokens.errors import GFTError, cli_main
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="'shapes' or an image folder (one sub-folder per class)")
     parser.add_argument("--out", required=True, help="output directory for the shards")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
-    parser.add_argument("--count", type=int, default=None,
+    parser.add_argument("--shard-size", type=positive(int), default=1000, help="samples per shard (default: 1000)")
+    parser.add_argument("--count", type=positive(int), default=None,
                         help="number of images (shapes: default 10000; folder: default all)")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=bounded(int, min=8, max=4096), default=None,
                         help="centre-crop and resize to this size (shapes: 32 or 64, default 32; folder: keep "
                              "the originals when not given)")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="encoding of re-encoded images")
-    parser.add_argument("--seed", type=int, default=0, help="shapes: dataset seed; folder: shuffling seed")
+    parser.add_argument("--seed", type=nonnegative(int), default=0, help="shapes: dataset seed; folder: shuffling seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds files other than shards")
     args = parser.parse_args(argv)
+    check_replaceable(args.out, shard_dir_owned, args.overwrite)  # before anything is read or written
     if args.count is not None and args.count <= 0:
         raise GFTError(f"--count must be positive, got {args.count}")
     encode = encode_png if args.format == "png" else encode_jpg
@@ -91,7 +97,8 @@ def main(argv=None):
 
     name = "shapes" if args.source == "shapes" else Path(args.source.rstrip("/")).name
     written = write_shards(samples(), args.out, args.shard_size,
-                           {"kind": "images", "name": name, **meta, "image_size": args.image_size})
+                           {"kind": "images", "name": name, **meta, "image_size": args.image_size},
+                           overwrite=args.overwrite)
     print(f"wrote {written['count']} images in {written['shards']} shard(s) to {args.out}/{written['pattern']}"
           f" ({written['num_classes']} classes; {skipped[0]} unreadable skipped)")
 

@@ -26,6 +26,7 @@ import json
 
 import torch
 
+from gft_tokens.validate import ArgumentParser, bounded, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import build_config, get_family
 
@@ -181,18 +182,18 @@ def format_table(p: dict) -> str:
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model preset, e.g. GPT-3B")
     parser.add_argument("--family", default="llamagen", help="model family (default: llamagen, the only one planned)")
-    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default: 8)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes (default: 1)")
-    parser.add_argument("--micro-batch", type=int, default=16, help="micro-batch per GPU (default: 16, as the "
+    parser.add_argument("--gpus", type=positive(int), default=8, help="GPUs per node (default: 8)")
+    parser.add_argument("--nodes", type=positive(int), default=1, help="nodes (default: 1)")
+    parser.add_argument("--micro-batch", type=positive(int), default=16, help="micro-batch per GPU (default: 16, as the "
                                                                       "GFT GPT-3B fine-tune)")
-    parser.add_argument("--grid-size", type=int, default=24, help="token grid side (default: 24, 384px with VQ-16)")
-    parser.add_argument("--vocab-size", type=int, default=16384, help="codebook size (default: 16384)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classes (default: 1000)")
+    parser.add_argument("--grid-size", type=positive(int), default=24, help="token grid side (default: 24, 384px with VQ-16)")
+    parser.add_argument("--vocab-size", type=bounded(int, min=2), default=16384, help="codebook size (default: 16384)")
+    parser.add_argument("--num-classes", type=positive(int), default=1000, help="classes (default: 1000)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="training precision")
-    parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU for the 'fits' column")
+    parser.add_argument("--gpu-memory", type=bounded(float, gt=0), default=80.0, help="GiB per GPU for the 'fits' column")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     result = plan(args.model, args.gpus, args.nodes, args.micro_batch, args.gpu_memory, family=args.family,

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from gft_tokens.validate import ArgumentParser
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval.npz import write_samples_npz
 
@@ -27,7 +28,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="folder of images (not searched recursively)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--label-regex", help="regular expression whose first group is each file name's integer label")

@@ -21,6 +21,7 @@ import torch
 
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.paths import shipped
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.eval import DEFAULT_EXTRACTOR, load_extractor
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 from gft_tokens.eval.sweep import DEFAULT_BETAS, DEFAULT_CFG_SCALES, parse_run, run_sweep
@@ -30,39 +31,39 @@ from gft_tokens.families.options import add_sampling_arguments, common_sampling,
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llamagen", choices=sorted(FAMILIES), help="model family (default: llamagen)")
     p.add_argument("--gft", action="append", default=[], metavar="[NAME=]DIR",
                    help="a GFT checkpoint to sweep over --betas (repeatable)")
     p.add_argument("--cfg", action="append", default=[], metavar="[NAME=]DIR",
                    help="a checkpoint to sweep with classifier-free guidance over --cfg-scales (repeatable)")
-    p.add_argument("--betas", type=float, nargs="+", default=list(DEFAULT_BETAS),
+    p.add_argument("--betas", type=bounded(float, min=0, max=1), nargs="+", default=list(DEFAULT_BETAS),
                    help=f"GFT β values (default: {' '.join(map(str, DEFAULT_BETAS))})")
-    p.add_argument("--cfg-scales", type=float, nargs="+", default=list(DEFAULT_CFG_SCALES),
+    p.add_argument("--cfg-scales", type=bounded(float, min=0), nargs="+", default=list(DEFAULT_CFG_SCALES),
                    help=f"CFG scales w (default: {' '.join(map(str, DEFAULT_CFG_SCALES))})")
-    p.add_argument("--n-per-class", type=int, default=100, help="samples per class per setting (default: 100)")
-    p.add_argument("--batch-size", type=int, default=250, help="images per sampling batch (default: 250)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every setting (default: 0)")
+    p.add_argument("--n-per-class", type=positive(int), default=100, help="samples per class per setting (default: 100)")
+    p.add_argument("--batch-size", type=positive(int), default=250, help="images per sampling batch (default: 250)")
+    p.add_argument("--seed", type=nonnegative(int), default=0, help="sampling seed, the same for every setting (default: 0)")
     p.add_argument("--extractor", default=DEFAULT_EXTRACTOR, help=f"feature extractor (default: {DEFAULT_EXTRACTOR})")
-    p.add_argument("--ref-size", type=int, default=DEFAULT_REF_SIZE,
+    p.add_argument("--ref-size", type=positive(int), default=DEFAULT_REF_SIZE,
                    help=f"held-out reference images (default: {DEFAULT_REF_SIZE})")
     p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
                    help="also score real training images and their tokenizer reconstructions (default: on)")
     p.add_argument("--samples-dir", help="keep every setting's samples here as .npz (default: not kept)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="reuse settings already in <out>/results.json with the same options (default: off)")
-    p.add_argument("--bootstrap", type=int, default=20,
+    p.add_argument("--bootstrap", type=bounded(int, min=0, max=10000), default=20,
                    help="bootstrap resamples per setting for the FID / accuracy spreads, 0 = none (default: 20)")
     p.add_argument("--out", default="docs/sweep", help="output directory (default: docs/sweep)")
     p.add_argument("--reference", help="real images of the models' dataset: a folder, shards or an .npz (default: "
                                        "the embedded held-out split)")
     p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
                    help="score models of one dataset with an extractor trained on another (default: refused)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--threads", type=nonnegative(int), default=0, help="torch CPU threads (default: 0, torch's default)")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
-    if args.threads < 0:
-        raise GFTError(f"--threads must be ≥ 0 (0: torch's default), got {args.threads}")
+    if args.bootstrap == 1:
+        raise GFTError("--bootstrap must be 0 (no spreads) or at least 2 resamples, got 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 

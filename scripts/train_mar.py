@@ -23,8 +23,8 @@ from gft_tokens.train.loop import TrainOptions, train_cli
 class MARTrainOptions(TrainOptions):
     preset: str = opt("MAR-tiny", "model size preset (see --list-presets)")
     tokenizer: str = opt("tokenizers/shapes-kl", "continuous (KL) tokenizer directory (config.json + model.safetensors)")
-    steps: int = opt(500, "optimizer steps")
-    lr: float = opt(1e-3, "peak learning rate (AdamW; MAR: 1e-4 x batch/256 for its own sizes)")
+    steps: int = opt(500, "optimizer steps", min=1)
+    lr: float = opt(1e-3, "peak learning rate (AdamW; MAR: 1e-4 x batch/256 for its own sizes)", gt=0)
     out: str = opt("runs/mar", "run directory: checkpoints/, model/, train_log.jsonl")
 
 

@@ -22,7 +22,7 @@ from gft_tokens.train.loop import TrainOptions, train_cli
 @dataclass
 class MaskedTrainOptions(TrainOptions):
     preset: str = opt("MAR-tiny", "model size preset (see --list-presets)")
-    steps: int = opt(1500, "optimizer steps")
+    steps: int = opt(1500, "optimizer steps", min=1)
     out: str = opt("runs/masked", "run directory: checkpoints/, model/, train_log.jsonl")
 
 

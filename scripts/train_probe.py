@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 
 from gft_tokens.config import add_arguments, load_yaml, resolve
+from gft_tokens.validate import ArgumentParser
 from gft_tokens.errors import cli_main
 from gft_tokens.eval.probe import ProbeTrainOptions, train_probe
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of the options below (e.g. a shipped recipe.yaml)")
     add_arguments(parser, ProbeTrainOptions, "training options")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from gft_tokens.config import add_arguments, load_yaml, resolve
+from gft_tokens.validate import ArgumentParser
 from gft_tokens.errors import cli_main
 from gft_tokens.paths import shipped
 from gft_tokens.tokenizers.trainer import TokenizerTrainOptions, split_recipe, train_tokenizer
@@ -22,7 +23,7 @@ from gft_tokens.tokenizers.trainer import TokenizerTrainOptions, split_recipe, t
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,
                         help="YAML recipe: `type`, `model` options, and any training option below (default: "
                              "configs/tokenizer/shapes-vq.yaml of this repository)")

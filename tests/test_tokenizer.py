@@ -58,7 +58,7 @@ def test_encode_does_not_update_codebook():
 def test_save_load_round_trip_identical_codes(tmp_path):
     tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
-    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
     again = load_tokenizer(tmp_path / "tok")
     x, _ = ShapesDataset(6, seed=9).tensors()
     assert torch.equal(tok.encode(x), again.encode(x))

@@ -276,7 +276,13 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------------
-def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta: dict) -> dict:
+def shard_dir_owned(name: str) -> bool:
+    """Whether ``name`` in a shard directory is one :func:`write_shards` writes."""
+    return name == "dataset.json" or (name.endswith(".tar") and name[:-4].isdigit())
+
+
+def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta: dict,
+                 overwrite: bool = False) -> dict:
     """Write ``samples`` (dicts of ``__key__`` and bytes per extension) as ``out/000000.tar`` … + ``dataset.json``.
 
     The directory appears only when complete (written beside it and renamed). Returns the metadata written.
@@ -288,7 +294,7 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
     if shard_size <= 0:
         raise GFTError(f"shard size must be positive, got {shard_size}")
     count, shards, writer = 0, 0, None
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owned=shard_dir_owned, overwrite=overwrite) as tmp:
         try:
             for sample in samples:
                 if count % shard_size == 0:
@@ -456,6 +462,12 @@ class ShardStream:
             xs.append(x)
             labels.append(int(label))
             self.skipped += int(skipped)
+        want = self._expect[1] if self._expect is not None and self.kind == "codes" else tuple(xs[0].shape)
+        odd = next((i for i, x in enumerate(xs) if tuple(x.shape) != want), None)
+        if odd is not None:  # a shard mixing grid sizes: one sentence naming both, not a stack error
+            raise GFTError(f"{self.kind} from {self.spec} mix shapes: a sample has shape {tuple(xs[odd].shape)}, "
+                           f"expected {want} like {'the model' if self._expect is not None else 'the first sample'}"
+                           f" (were the shards written with different tokenizers or image sizes?)")
         x = torch.stack(xs)
         if self.kind == "images":
             codes = encode_codes(self.tokenizer, x)

@@ -132,21 +132,21 @@ class ProbeTrainOptions:
     data: str = opt("shapes", "training data: 'shapes' (rendered, with the auxiliary targets) or any labelled "
                               "images: an image folder (one sub-folder per class) or a shard pattern of images")
     eval_fraction: float = opt(0.1, "with --data: fraction of the images held out for the accuracy (at most "
-                                    "eval_images)")
+                                    "eval_images)", gt=0, lt=1)
     flip: bool = opt(True, "with --data: random horizontal flips (off for digits, text, charts)")
-    train_images: int = opt(5000, "rendered training images (shapes data, the probe's own seed)")
-    eval_images: int = opt(1000, "held-out images to report accuracy on (balanced)")
-    steps: int = opt(2000, "optimisation steps")
-    batch_size: int = opt(64, "images per step")
-    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine to 0 after warm-up)")
-    warmup_steps: int = opt(50, "linear warm-up steps")
-    weight_decay: float = opt(1e-4, "AdamW weight decay")
-    aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss")
+    train_images: int = opt(5000, "rendered training images (shapes data, the probe's own seed)", min=1)
+    eval_images: int = opt(1000, "held-out images to report accuracy on (balanced)", min=1)
+    steps: int = opt(2000, "optimisation steps", min=1)
+    batch_size: int = opt(64, "images per step", min=1)
+    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine to 0 after warm-up)", gt=0)
+    warmup_steps: int = opt(50, "linear warm-up steps", min=0)
+    weight_decay: float = opt(1e-4, "AdamW weight decay", min=0)
+    aux_weight: float = opt(1.0, "weight of the auxiliary regression (position, size, colours) loss", min=0)
     tokenizer: str | None = opt("tokenizers/shapes-vq", "also report accuracy on this tokenizer's reconstructions "
                                                         "of the held-out images ('' to skip; with --data: only when "
                                                         "given)")
     seed: int = opt(0, "seed of initialisation, batch order and augmentation")
-    threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
+    threads: int = opt(0, "torch CPU threads (0: leave torch's default)", min=0, max=4096)
 
 
 def dataset_record_classes(record: dict) -> int:

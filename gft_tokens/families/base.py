@@ -38,10 +38,18 @@ class SamplerOption:
     type: type
     help: str
     choices: tuple | None = None
+    min: float | None = None  # valid range (inclusive / exclusive lower bound), checked when the flag is parsed
+    gt: float | None = None
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    def arg_type(self):
+        """The argparse ``type=``: numbers checked against the option's range (and finite)."""
+        from ..validate import bounded
+
+        return bounded(self.type, min=self.min, gt=self.gt) if self.type in (int, float) else self.type
 
 
 @dataclass(frozen=True)

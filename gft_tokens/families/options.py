@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..validate import bounded
 from . import FAMILIES
 
 
@@ -33,12 +34,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the CFG scale evolves over the steps: constant, or the family's linear ramp (VAR's over "
                         "the scales, MAR's over the decoding steps); default: the family's own (linear for VAR, "
                         "constant otherwise)")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: 1.0)")
-    g.add_argument("--top-k", type=int, default=0, help="top-k filtering, 0 = off (default: 0)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering, 1 = off (default: 1.0)")
+    g.add_argument("--temperature", type=bounded(float, gt=0), default=1.0, help="softmax temperature (default: 1.0)")
+    g.add_argument("--top-k", type=bounded(int, min=0), default=0, help="top-k filtering, 0 = off (default: 0)")
+    g.add_argument("--top-p", type=bounded(float, gt=0, max=1), default=1.0, help="nucleus filtering, 1 = off (default: 1.0)")
     for option, families in family_options():
         kw = {"choices": list(option.choices)} if option.choices else {}
-        g.add_argument(option.flag, type=option.type, help=f"{' and '.join(families)} only: {option.help}", **kw)
+        g.add_argument(option.flag, type=option.arg_type(), help=f"{' and '.join(families)} only: {option.help}", **kw)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

@@ -30,7 +30,7 @@ from ..data.shards import data_image_size, load_labelled_images
 from ..errors import GFTError
 from ..optim import warmup_cosine
 from ..pretrained import build_config
-from ..fs import check_writable, load_safetensors, load_torch_file
+from ..fs import check_replaceable, check_writable, load_safetensors, load_torch_file
 from . import TOKENIZER_CLASSES
 from .losses import codebook_usage, psnr, reconstruction_loss
 
@@ -38,28 +38,29 @@ from .losses import codebook_usage, psnr, reconstruction_loss
 @dataclass
 class TokenizerTrainOptions:
     out: str = opt("tokenizers/shapes-vq", "output directory (config.json + model.safetensors + recipe + log)")
-    steps: int = opt(3000, "optimisation steps")
-    batch_size: int = opt(64, "images per step")
-    lr: float = opt(1e-3, "peak learning rate (AdamW, cosine decay to 10% after warm-up)")
-    warmup_steps: int = opt(100, "linear warm-up steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)")
-    l1_weight: float = opt(0.2, "weight of the L1 term added to the MSE reconstruction loss")
+    steps: int = opt(3000, "optimisation steps", min=1)
+    batch_size: int = opt(64, "images per step", min=1)
+    lr: float = opt(1e-3, "peak learning rate (AdamW, cosine decay to 10% after warm-up)", gt=0)
+    warmup_steps: int = opt(100, "linear warm-up steps", min=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", min=0)
+    grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)", min=0)
+    l1_weight: float = opt(0.2, "weight of the L1 term added to the MSE reconstruction loss", min=0)
     data: str = opt("shapes", "training images: 'shapes' (the embedded data, rendered) or your own: an image folder "
                               "(one sub-folder per class) or a shard pattern of images, e.g. 'shards/mine/*.tar'")
     image_size: int | None = opt(None, "train at this image size, centre-cropping/resizing the data to it (default: "
-                                       "the recipe's model image_size; with --data and none in the recipe, the data's)")
+                                       "the recipe's model image_size; with --data and none in the recipe, the data's)", min=1)
     flip: bool = opt(True, "random horizontal flips of the training images (off for digits, text, charts)")
-    train_images: int = opt(20000, "size of the rendered training pool (embedded shapes data, seed `seed`)")
-    eval_images: int = opt(1000, "held-out images for PSNR / codebook usage (with --data: at most this many)")
-    eval_fraction: float = opt(0.1, "with --data: fraction of the images held out for PSNR / codebook usage")
-    eval_every: int = opt(500, "evaluate every N steps (0: only at the end)")
+    train_images: int = opt(20000, "size of the rendered training pool (embedded shapes data, seed `seed`)", min=1)
+    eval_images: int = opt(1000, "held-out images for PSNR / codebook usage (with --data: at most this many)", min=1)
+    eval_fraction: float = opt(0.1, "with --data: fraction of the images held out for PSNR / codebook usage", gt=0, lt=1)
+    eval_every: int = opt(500, "evaluate every N steps (0: only at the end)", min=0)
     seed: int = opt(0, "seed of the training data and of the initialisation")
-    threads: int = opt(0, "torch CPU threads (0: leave torch's default)")
+    threads: int = opt(0, "torch CPU threads (0: leave torch's default)", min=0, max=4096)
     save_every: int = opt(500, "checkpoint every N steps into <out>.checkpoints, removed once the tokenizer is "
-                               "saved (0: no checkpoints)")
-    keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)")
+                               "saved (0: no checkpoints)", min=0)
+    keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)", min=0)
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>.checkpoints")
+    overwrite: bool = opt(False, "replace <out> even if it holds files other than a tokenizer's")
 
 
 SHIPPED_OUTS = {(Path(__file__).resolve().parents[2] / "tokenizers" / n).resolve() for n in
@@ -218,6 +219,7 @@ def _own_images(o: TokenizerTrainOptions, size: int) -> tuple[torch.Tensor, torc
     if len(images) - n_eval < 1:
         raise GFTError(f"{o.data} has only {len(images)} readable image(s): too few to hold {n_eval} out")
     return images[n_eval:], images[:n_eval], meta
+TOKENIZER_FILES = {"config.json", "model.safetensors", "manifest.json", "recipe.yaml", "train_log.jsonl"}  # what a save writes
 
 
 def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, where: str = "recipe") -> dict:
@@ -233,6 +235,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
     model_options = _image_size(model_options, o, where)
     config = build_config(cls.config_class, model_options, where)
     check_writable(o.out)
+    check_replaceable(o.out, TOKENIZER_FILES.__contains__, o.overwrite)  # refused now, not after training
     torch.manual_seed(o.seed)
     tok = cls(config).train()
     n_params = sum(p.numel() for p in tok.parameters())
@@ -321,7 +324,7 @@ def train_tokenizer(kind: str, model_options: dict, o: TokenizerTrainOptions, wh
                    " training images)")
     recipe = {"type": kind, "model": model_options, **to_dict(o)}
     tok.save_pretrained(
-        o.out,
+        o.out, overwrite=o.overwrite,
         extra_files={
             "recipe.yaml": yaml.safe_dump(recipe, sort_keys=False),
             "train_log.jsonl": "".join(json.dumps(e) + "\n" for e in log),

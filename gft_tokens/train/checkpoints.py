@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import GFTError
-from ..fs import fsync_path, atomic_file
+from ..fs import atomic_file, fsync_path, sha256_file
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -75,8 +75,8 @@ def begin(root: Path, step: int) -> Path:
     return tmp
 
 
-def _files(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_size
+def _files(directory: Path) -> dict[str, dict]:
+    return {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
@@ -88,7 +88,7 @@ def commit(root: Path, step: int, keep_last: int) -> Path:
     root = Path(root)
     tag = tag_of(step)
     tmp, final = root / f".tmp-{tag}", root / tag
-    files = _files(tmp)
+    files = _files(tmp)  # sizes and sha256 of every file: resume refuses a checkpoint altered since
     for name in files:
         fsync_path(tmp / name)
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n")
@@ -121,12 +121,15 @@ def verify(directory: Path) -> str | None:
         files = json.loads(manifest.read_text())["files"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return f"its {MANIFEST} is corrupt"
-    for name, size in files.items():
+    for name, entry in files.items():
+        size, digest = (entry, None) if isinstance(entry, int) else (entry.get("size"), entry.get("sha256"))
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} is truncated or altered ({path.stat().st_size} bytes, {size} when saved)"
+        if digest is not None and sha256_file(path) != digest:
+            return f"{name} is corrupt or truncated: its content does not match the sha256 recorded when it was saved"
     return None
 
 

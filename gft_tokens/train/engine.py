@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import os
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GFTError
-from ..fs import load_torch_file, unsafe_pickle_globals
+from ..fs import disk_full_error, is_disk_full, load_torch_file, unsafe_pickle_globals
 from . import checkpoints as CK
 from .checkpoints import LATEST, checkpoint_tags, latest_tag, stale_partial_dirs, tag_of  # noqa: F401 (re-exported)
 
@@ -59,8 +60,14 @@ def load_ds_config(path: str | os.PathLike | None, zero_stage: int | None) -> di
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise GFTError(f"DeepSpeed config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise GFTError(f"DeepSpeed config {path} must hold a JSON object, got {type(cfg).__name__}")
     if zero_stage is not None:
         cfg.setdefault("zero_optimization", {})["stage"] = int(zero_stage)
+    zero = cfg.get("zero_optimization", {})
+    if not isinstance(zero, dict) or zero.get("stage", 0) not in (0, 1, 2, 3):
+        raise GFTError(f"DeepSpeed config {path}: zero_optimization.stage must be one of 0, 1, 2, 3, got "
+                       f"{zero.get('stage') if isinstance(zero, dict) else zero!r}")
     return cfg
 
 
@@ -247,11 +254,18 @@ def save_checkpoint(engine, root: Path, step: int, client_state: dict, rank_stat
     if rank == 0:
         CK.begin(root, step)
     barrier()
-    engine.save_checkpoint(str(root), tag=tmp_tag, client_state=client_state, save_latest=False)
-    torch.save(rank_state, root / tmp_tag / f"rank_state_{rank:03d}.pt")
-    if rank == 0:
-        state = {**client_state, "world_size": world, "zero_stage": stage}
-        (root / tmp_tag / TRAINING_STATE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    try:
+        engine.save_checkpoint(str(root), tag=tmp_tag, client_state=client_state, save_latest=False)
+        torch.save(rank_state, root / tmp_tag / f"rank_state_{rank:03d}.pt")
+        if rank == 0:
+            state = {**client_state, "world_size": world, "zero_stage": stage}
+            (root / tmp_tag / TRAINING_STATE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        shutil.rmtree(root / tmp_tag, ignore_errors=True)  # no half-written checkpoint left behind
+        needed = sum(p.numel() * p.element_size() for p in engine.module.parameters()) * 4  # weights + 2 moments + master
+        raise disk_full_error(root / tmp_tag, needed) from None
     barrier()
     if rank == 0:
         CK.commit(root, step, keep_last)

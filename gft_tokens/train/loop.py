@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..data.shards import ShardStream, dataset_record
 from ..errors import GFTError
 from ..fs import atomic_file, check_writable
 from ..paths import shipped
+from ..locks import run_lock
 from ..pretrained import config_replace
 from ..optim import warmup_cosine
 from ..objectives import OBJECTIVES  # noqa: F401  (the families look objectives up in this same dict)
@@ -38,42 +40,43 @@ class TrainOptions:
     tokenizer: str = opt("tokenizers/shapes-vq", "tokenizer directory (config.json + model.safetensors)")
     data: str = opt("shapes", "training data: 'shapes' (the embedded dataset) or webdataset shards of images or "
                               "codes, e.g. 'shards/{000000..000031}.tar' (see gft_tokens/data/shards.py)")
-    num_classes: int | None = opt(None, "number of classes of shard data (default: from the shards' dataset.json)")
-    data_workers: int = opt(2, "DataLoader worker processes per rank reading shards (0: read in the main process)")
-    train_images: int = opt(10000, "number of embedded-shapes images to train on (each also flipped, unless --no-flip)")
+    num_classes: int | None = opt(None, "number of classes of shard data (default: from the shards' dataset.json)", min=1)
+    data_workers: int = opt(2, "DataLoader worker processes per rank reading shards (0: read in the main process)", min=0, max=256)
+    train_images: int = opt(10000, "number of embedded-shapes images to train on (each also flipped, unless --no-flip)", min=1)
     flip: bool = opt(True, "horizontal-flip augmentation: random flips of image shards, the flipped view of the "
                            "embedded data (codes shards carry the views extract_codes.py stored)")
     val_data: str | None = opt(None, "validation shards (images or codes) for the held-out loss")
     val_fraction: float = opt(0.0, "hold this fraction of the training data out as the validation set (by sample "
-                                   "key for shards; the last images of the embedded data); 0: none")
-    val_every: int = opt(100, "evaluate the validation loss every N steps (and at the end)")
-    val_samples: int = opt(1000, "at most this many validation samples")
-    steps: int = opt(1000, "optimizer steps")
-    batch_size: int = opt(64, "micro-batch size per process")
-    grad_accum: int = opt(1, "gradient accumulation steps (global batch = batch_size x grad_accum x processes)")
-    lr: float = opt(2e-3, "peak learning rate (AdamW; LlamaGen's GPT-B+ recipe uses 1e-4)")
-    min_lr_ratio: float = opt(0.1, "cosine schedule floor as a fraction of lr")
-    warmup_steps: int = opt(50, "linear warm-up steps")
-    weight_decay: float = opt(0.05, "AdamW weight decay on matrices and embeddings")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.95, "AdamW beta2")
-    grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)")
-    drop_prob: float = opt(0.1, "probability of training a sample at the null class")
-    zero_stage: int | None = opt(None, "ZeRO stage 0-3 (selects configs/deepspeed/zero{N}.json; default 1)")
+                                   "key for shards; the last images of the embedded data); 0: none", min=0, lt=1)
+    val_every: int = opt(100, "evaluate the validation loss every N steps (and at the end)", min=1)
+    val_samples: int = opt(1000, "at most this many validation samples", min=1)
+    steps: int = opt(1000, "optimizer steps", min=1)
+    batch_size: int = opt(64, "micro-batch size per process", min=1)
+    grad_accum: int = opt(1, "gradient accumulation steps (global batch = batch_size x grad_accum x processes)", min=1)
+    lr: float = opt(2e-3, "peak learning rate (AdamW; LlamaGen's GPT-B+ recipe uses 1e-4)", gt=0)
+    min_lr_ratio: float = opt(0.1, "cosine schedule floor as a fraction of lr", min=0, max=1)
+    warmup_steps: int = opt(50, "linear warm-up steps", min=0)
+    weight_decay: float = opt(0.05, "AdamW weight decay on matrices and embeddings", min=0)
+    beta1: float = opt(0.9, "AdamW beta1", min=0, lt=1)
+    beta2: float = opt(0.95, "AdamW beta2", min=0, lt=1)
+    grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)", min=0)
+    drop_prob: float = opt(0.1, "probability of training a sample at the null class", min=0, lt=1)
+    zero_stage: int | None = opt(None, "ZeRO stage 0-3 (selects configs/deepspeed/zero{N}.json; default 1)", choices=(0, 1, 2, 3))
     ds_config: str | None = opt(None, "DeepSpeed JSON config file (overrides --zero-stage's file)")
     bf16: bool = opt(False, "train in bfloat16")
     ema: bool = opt(False, "keep an exponential moving average of the weights (exported to <out>/model_ema)")
-    ema_decay: float = opt(0.999, "EMA decay per optimizer step")
+    ema_decay: float = opt(0.999, "EMA decay per optimizer step", min=0, lt=1)
     grad_checkpointing: bool = opt(False, "recompute each block's activations in backward (saves memory)")
     out: str = opt("runs/llamagen", "run directory: checkpoints/, model/, train_log.jsonl")
-    save_every: int = opt(200, "checkpoint every N optimizer steps (0: only at the end)")
-    keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)")
+    save_every: int = opt(200, "checkpoint every N optimizer steps (0: only at the end)", min=0)
+    keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)", min=0)
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>/checkpoints")
+    overwrite: bool = opt(False, "replace the run already in <out> (its checkpoints, log and exports)")
     on_nonfinite: str = opt("stop", "on a non-finite loss: stop (the last checkpoint stays intact) or skip that "
                             "optimizer update (counted and logged)", choices=("stop", "skip"))
     seed: int = opt(0, "seed of initialisation, data order and the β / label-dropout draws")
-    log_every: int = opt(10, "write a loss line every N steps")
-    threads: int = opt(0, "torch CPU threads per process (0: leave the default)")
+    log_every: int = opt(10, "write a loss line every N steps", min=1)
+    threads: int = opt(0, "torch CPU threads per process (0: leave the default)", min=0, max=4096)
     model: dict = opt({}, "model config overrides (YAML only), e.g. {token_dropout_p: 0.0}")
 
 
@@ -246,10 +249,43 @@ def _check_val(val, vocab_size: int | None, token_shape) -> None:
     if vocab_size is not None and not codes.is_floating_point() and (int(codes.max()) >= vocab_size
                                                                       or int(codes.min()) < 0):
         raise GFTError(f"validation codes contain ids outside the vocabulary [0, {vocab_size})")
+RUN_FILES = ("checkpoints", "model", "model_ema", "train_log.jsonl")  # what a run writes into <out>
+
+
+def check_run_dir(out: Path, o: TrainOptions) -> None:
+    """A run already in ``out`` is continued (``--resume``) or replaced (``--overwrite``), never silently mixed."""
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if o.resume and o.overwrite:
+        raise GFTError("--resume and --overwrite contradict each other: choose one")
+    if held and not (o.resume or o.overwrite):
+        raise GFTError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it or --overwrite "
+                       f"to replace it")
+
+
+def _check_resume_pairing(directory: Path, tokenizer, o: TrainOptions) -> None:
+    """The checkpoint's tokenizer and EMA must be this run's, checked before DeepSpeed reads a byte."""
+    try:
+        saved = json.loads((directory / E.TRAINING_STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # load_checkpoint reports an unreadable state
+    was, mine = saved.get("tokenizer"), tokenizer.describe()
+    if was is not None and json.loads(json.dumps(mine)) != was:
+        raise GFTError(f"cannot resume: {directory} was trained with the tokenizer {was}, but --tokenizer "
+                       f"{o.tokenizer} is {mine}")
+    if o.ema and saved.get("ema") is False:
+        raise GFTError(f"cannot resume with --ema: {directory} was saved without EMA weights (resume without --ema, "
+                       f"or start a new run with --overwrite)")
 
 
 def train(family_name: str, o: TrainOptions) -> dict:
-    """Train one model; returns a summary (final loss, steps, wall time, paths)."""
+    """Train one model; returns a summary (final loss, steps, wall time, paths). ``<out>`` is locked meanwhile."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        return _train(family_name, o, stack)
+
+
+def _train(family_name: str, o: TrainOptions, stack) -> dict:
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -274,6 +310,12 @@ def train(family_name: str, o: TrainOptions) -> dict:
 
     o = dataclasses.replace(o, tokenizer=shipped(o.tokenizer))  # the default resolves in this repository
     tokenizer = load_tokenizer(o.tokenizer)
+    continuous = "codebook_size" not in tokenizer.describe()
+    if continuous != (adapter.inputs == "latents"):  # tokenizer kind vs family, before anything is built
+        want = "a continuous (KL) tokenizer" if adapter.inputs == "latents" else "a discrete (VQ) tokenizer"
+        raise GFTError(f"the {family_name} family needs {want}, but {o.tokenizer} is a "
+                       f"{tokenizer.describe().get('type')} tokenizer with {'continuous' if continuous else 'discrete'}"
+                       f" tokens")
     ds_cfg = E.finalize_ds_config(E.load_ds_config(o.ds_config, o.zero_stage), micro_batch=o.batch_size,
                                   grad_accum=o.grad_accum, world=world, grad_clip=o.grad_clip, bf16=o.bf16)
     stage = E.zero_stage(ds_cfg)
@@ -284,6 +326,7 @@ def train(family_name: str, o: TrainOptions) -> dict:
                              holdout=o.val_fraction if not o.val_data else 0.0)
     if rank == 0:
         check_writable(out)  # created (with what goes in it) only once the inputs have checked out
+        check_run_dir(out, o)
     if stream is None:
         if rank == 0:
             data = adapter.shapes_data(tokenizer, o)
@@ -306,6 +349,12 @@ def train(family_name: str, o: TrainOptions) -> dict:
         stream.expect(model.config.vocab_size, adapter.token_shape(model.config))
     if val is not None:
         _check_val(val, getattr(model.config, "vocab_size", None), adapter.token_shape(model.config))
+    if rank == 0:  # every input has checked out: from here on this process owns <out>
+        stack.enter_context(run_lock(out))  # a second trainer on this --out is refused while this one runs
+        if o.overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     held = torch.zeros(world, dtype=torch.long)  # parameters this rank stores (its ZeRO-3 partition)
     held[rank] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
@@ -331,12 +380,16 @@ def train(family_name: str, o: TrainOptions) -> dict:
         if tag is None:
             log(f"--resume: no checkpoint in {ckpt_root}; starting from scratch")
         else:
+            _check_resume_pairing(ckpt_root / tag, tokenizer, o)
             client = E.load_checkpoint(engine, ckpt_root, tag, to_dict(o), RESUME_KEYS, world)
             start_step, skipped = int(client["step"]), int(client.get("skipped", 0))
             rs = E.load_rank_state(ckpt_root, tag, rank)
             torch.set_rng_state(rs["torch_rng"])
             gen.set_state(rs["generator"])
             if ema is not None:
+                if "ema" not in rs:
+                    raise GFTError(f"cannot resume with --ema: {ckpt_root / tag} holds no EMA weights (resume "
+                                   f"without --ema, or start a new run with --overwrite)")
                 ema.load_state_dict(rs["ema"])
             log(f"resumed from {ckpt_root / tag} at step {start_step}")
     train_log = _Log(out / "train_log.jsonl", rank, start_step if o.resume else None)
@@ -363,7 +416,8 @@ def train(family_name: str, o: TrainOptions) -> dict:
                 module.save_pretrained(out / "model_ema", state_dict=state)
 
     def checkpoint(step: int) -> None:
-        client = {"step": step, "options": to_dict(o), "skipped": skipped}
+        client = {"step": step, "options": to_dict(o), "skipped": skipped, "tokenizer": tokenizer.describe(),
+                  "ema": ema is not None}
         rank_state = {"torch_rng": torch.get_rng_state(), "generator": gen.get_state()}
         if ema is not None:
             rank_state["ema"] = ema.state_dict()
@@ -473,7 +527,9 @@ def train_cli(family_name: str, options_cls: type = TrainOptions, argv=None, *, 
 
     from ..config import add_arguments, load_yaml, resolve
 
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..validate import ArgumentParser
+
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of training options (keys as the flags, with _), "
                                          "plus `model:` config overrides")
     parser.add_argument("--list-presets", action="store_true", help="print the model presets and exit")

@@ -30,7 +30,7 @@ FAMILY = Family(
     sampler_options=(
         STEPS,
         SamplerOption("clip_x0", float, "clamp the diffusion head's x0 estimates to ±this (normalised latents; "
-                                        "default: no clipping, as MAR)"),
+                                        "default: no clipping, as MAR)", gt=0),
     ),
     description="MAR: continuous tokens, diffusion head, one transformer pass per decoding step",
     bench=BenchSpec(_bench_model, preset="MAR-tiny", batch=16, vocabs=(None,), cache=False, options={"steps": 16}),

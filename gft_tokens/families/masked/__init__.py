@@ -13,7 +13,7 @@ def _codes_for_tokenizer(model, codes):
     return codes.view(codes.shape[0], g, g)
 
 
-STEPS = SamplerOption("steps", int, "parallel decoding steps, 1 .. number of tokens (default: 16)")
+STEPS = SamplerOption("steps", int, "parallel decoding steps, 1 .. number of tokens (default: 16)", min=1)
 
 
 def _bench_model(preset, vocab, grid):
@@ -31,7 +31,7 @@ FAMILY = Family(
         SamplerOption("order", str, "which masked tokens to fix each step: MAR's random order or MaskGIT's "
                                     "confidence (default: random)", choices=ORDERS),
         SamplerOption("choice_temperature", float, "Gumbel noise on the confidence order, annealed to 0 "
-                                                   "(default: 4.5)"),
+                                                   "(default: 4.5)", min=0),
     ),
     description="masked tokens (MAR/MaskGIT): one pass per decoding step",
     bench=BenchSpec(_bench_model, preset="MAR-tiny", batch=32, repeats=3, cache=False, options={"steps": 16},
