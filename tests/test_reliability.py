@@ -342,7 +342,9 @@ def test_tokenizer_sigkill_twice_then_resume_equals_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     def evals(d):
-        return [{k: v for k, v in e.items() if k != "elapsed_s"}
+        # the dead-code restart counters count the restarts of the running process; the weights they led to are
+        # compared bit for bit above
+        return [{k: v for k, v in e.items() if k != "elapsed_s" and not k.startswith("dead_code_restarts")}
                 for e in map(json.loads, (d / "train_log.jsonl").read_text().splitlines())]
 
     assert evals(out) == evals(ref_out) and [e["step"] for e in evals(out)] == [6, 12, 18, 24]
