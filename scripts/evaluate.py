@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from gft_tokens.validate import ArgumentParser, nonnegative, positive
+from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval import DEFAULT_EXTRACTOR, evaluate_images, file_reference, load_extractor, load_samples
 from gft_tokens.eval import shapes_reference
@@ -58,7 +58,7 @@ def main(argv=None):
                                        "folder or a shard pattern of images (default: the embedded held-out split)")
     p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
                    help="score samples of one dataset with an extractor trained on another (default: refused)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (default: 0, torch's default)")
     p.add_argument("--ref-size", type=positive(int), default=DEFAULT_REF_SIZE,
                    help=f"held-out images in the embedded reference (default: {DEFAULT_REF_SIZE})")
     p.add_argument("--k", type=positive(int), default=3, help="k of the k-NN manifolds for precision/recall (default: 3)")

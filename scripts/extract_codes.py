@@ -46,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=nonnegative(int), default=0, help="shapes: dataset seed; folder: order seed")
     parser.add_argument("--batch-size", type=positive(int), default=64, help="images per tokenizer call")
     parser.add_argument("--shard-size", type=positive(int), default=1000, help="samples per shard")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    parser.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (default: 0, torch's default)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds files other than shards")
     args = parser.parse_args(argv)

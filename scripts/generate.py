@@ -65,7 +65,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=positive(int), default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--out", help="output dir (default: samples/<model>)")
     p.add_argument("--scale", type=bounded(int, min=1, max=64), default=4, help="upscale factor of the PNG (default: 4)")
-    p.add_argument("--threads", type=nonnegative(int), default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (default: 0, torch's default)")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
     if args.threads < 0:

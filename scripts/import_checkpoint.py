@@ -23,7 +23,7 @@ import argparse
 
 import gft_tokens.families  # noqa: F401  (model families register their importers on import)
 import gft_tokens.tokenizers  # noqa: F401
-from gft_tokens.validate import ArgumentParser, positive
+from gft_tokens.validate import ArgumentParser, bounded, positive
 from gft_tokens.errors import cli_main
 from gft_tokens.importers import IMPORTERS, import_checkpoint
 

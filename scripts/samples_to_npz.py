@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from gft_tokens.validate import ArgumentParser
+from gft_tokens.validate import ArgumentParser, positive
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval.npz import write_samples_npz
 
@@ -32,7 +32,7 @@ def main(argv=None):
     p.add_argument("folder", help="folder of images (not searched recursively)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--label-regex", help="regular expression whose first group is each file name's integer label")
-    p.add_argument("--max", type=int, help="take at most this many images (the first in name order)")
+    p.add_argument("--max", type=positive(int), help="take at most this many images (the first in name order)")
     p.add_argument("--no-compress", action="store_true", help="write an uncompressed .npz (as ADM's np.savez)")
     args = p.parse_args(argv)
     folder = Path(args.folder)

@@ -59,7 +59,7 @@ def main(argv=None):
                                        "the embedded held-out split)")
     p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
                    help="score models of one dataset with an extractor trained on another (default: refused)")
-    p.add_argument("--threads", type=nonnegative(int), default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (default: 0, torch's default)")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
     if args.bootstrap == 1:

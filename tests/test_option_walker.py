@@ -41,6 +41,7 @@ ANCHORS = {
     "experiment_summary.py": ["--docs", "missing-docs"],
 }
 HUGE = {int: str(10**12), float: "1e308"}
+NO_NUMERIC_OPTIONS = {"experiment_summary.py"}  # folders and names only
 NUMERIC_VALUES = ("0", "-1", "nan", "inf", "HUGE", "abc")
 
 
@@ -157,7 +158,7 @@ def test_every_option_of(script, tmp_path, monkeypatch, capsys):
     print(f"{script}: {tried} option x value cases")
     COUNTS[script] = tried
     assert not problems, "\n".join(problems)
-    assert tried > 0
+    assert tried > 0 or script in NO_NUMERIC_OPTIONS
 
 
 COUNTS: dict[str, int] = {}

@@ -303,3 +303,27 @@ def test_exported_weights_carry_sha256_and_a_flipped_byte_or_nan_is_refused(tmp_
     shipped_tokenizer.save_pretrained(tmp_path / "nan", state_dict=state)
     with pytest.raises(GFTError, match=rf"tensor {name} holds non-finite values"):
         load_tokenizer(tmp_path / "nan")
+
+
+def test_empty_batches_are_refused_in_one_line():
+    from gft_tokens.families import build_model, sample_images
+    from gft_tokens.tokenizers import load_tokenizer
+    from conftest import SHIPPED_VQ
+
+    tok = load_tokenizer(SHIPPED_VQ)
+    with pytest.raises(GFTError, match="empty batch"):
+        tok.encode(torch.zeros(0, 3, 32, 32))
+    model = build_model("llamagen", "GPT-nano", vocab_size=tok.codebook_size, grid_size=8, num_classes=10)
+    for labels in ([], torch.zeros(0, dtype=torch.long), None):
+        with pytest.raises(GFTError, match="no class labels"):
+            sample_images(model, tok, labels, beta=0.5)
+
+
+def test_train_probe_refuses_a_folder_of_someone_elses_files_before_training(tmp_path):
+    from gft_tokens.eval.probe import ProbeTrainOptions, train_probe
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not the probe's")
+    with pytest.raises(GFTError, match="holds files this tool did not write"):
+        train_probe(ProbeTrainOptions(out=str(tmp_path / "mine"), steps=1), log=lambda *_: None)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not the probe's"

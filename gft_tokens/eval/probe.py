@@ -217,6 +217,9 @@ def _own_data(o: ProbeTrainOptions):
     return images[n_eval:], labels[n_eval:], images[:n_eval], labels[:n_eval], record, int(meta["image_size"])
 
 
+PROBE_FILES = {"config.json", "model.safetensors", "manifest.json", "recipe.yaml", "train_log.jsonl"}  # what a save writes
+
+
 def train_probe(o: ProbeTrainOptions, log=print) -> dict:
     """Train the probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
     import yaml
@@ -227,7 +230,13 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
         raise GFTError("steps, batch_size, train_images and eval_images must be positive")
     if o.threads:
         torch.set_num_threads(o.threads)
+    from ..fs import check_replaceable, check_writable
     from ..paths import shipped
+
+    # refused up front, before minutes of training: the save at the end would refuse an unwritable place or a
+    # folder of someone else's files
+    check_writable(o.out)
+    check_replaceable(o.out, PROBE_FILES.__contains__)
 
     tokenizer = load_tokenizer(shipped(o.tokenizer)) if o.tokenizer else None
     t0 = time.time()

@@ -153,6 +153,8 @@ def resolve_guidance(batch: int, beta, cfg_scale, has_beta_input: bool, device) 
 def guided_batch(model, labels, beta, cfg_scale, device) -> tuple[torch.Tensor, torch.Tensor | None, float | None, int]:
     """The rows a sampler runs: the B requested classes (checked; the null class is refused) with their β, then, when
     ``cfg_scale`` is given, B unconditional rows (null class, β = 1). Returns (labels, β or None, cfg_scale, B)."""
+    if labels is None or (hasattr(labels, "__len__") and len(labels) == 0):
+        raise GFTError("no class labels to sample: give at least one class id")
     labels = check_labels(labels, model.num_classes, allow_null=False).to(device)
     bsz = labels.shape[0]
     beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)

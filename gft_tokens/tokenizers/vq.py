@@ -183,6 +183,8 @@ def check_images(images, in_channels: int, downsample: int, name: str = "images"
         raise GFTError(f"{name} must be a torch tensor, got {type(images).__name__}")
     if images.ndim != 4:
         raise GFTError(f"{name} must have shape (B, {in_channels}, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise GFTError(f"{name} is an empty batch (shape {tuple(images.shape)}): give at least one image")
     if images.shape[1] != in_channels:
         raise GFTError(f"{name} must have {in_channels} channels, got {images.shape[1]} (shape {tuple(images.shape)})")
     h, w = images.shape[-2:]
