@@ -62,10 +62,10 @@ def test_generate_bad_input_exits_2_without_traceback(exported, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--beta", "1.5"], "beta must lie in [0, 1]"),
-    (["--beta", "nan"], "beta must lie in [0, 1]"),
+    (["--beta", "1.5"], "argument --beta: must lie in [0, 1], got 1.5"),
+    (["--beta", "nan"], "argument --beta: must be a finite number in [0, 1], got nan"),
     (["--ckpt", "no/such/dir"], "does not exist"),
-    (["--n-per-class", "0"], "must be positive"),
+    (["--n-per-class", "0"], "argument --n-per-class: must lie in [1, inf), got 0"),
 ])
 def test_generate_bad_input(exported, tmp_path, capsys, args, message):
     base = ["--ckpt", str(exported)] if "--ckpt" not in args else []

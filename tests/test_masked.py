@@ -385,7 +385,7 @@ def test_train_masked_script_defaults_and_help():
         if field != "model":
             assert "--" + field.replace("_", "-") in proc.stdout, field
     assert "(default: runs/masked)" in proc.stdout and "(default: MAR-tiny)" in proc.stdout
-    assert "optimizer steps (default: 1500)" in proc.stdout
+    assert "optimizer steps; in [1, inf) (default: 1500)" in proc.stdout
 
 
 def test_generate_and_bench_with_the_masked_family(tmp_path):
@@ -410,7 +410,7 @@ def test_generate_and_bench_with_the_masked_family(tmp_path):
     assert proc.returncode == 0, proc.stderr
     bad = run_script("generate.py", "--model", "masked", "--ckpt", str(tmp_path / "m"), "--steps", "0",
                      "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 2 and "steps must be a positive integer" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "argument --steps: must lie in [1, inf), got 0" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
 
     proc = run_script("bench_sampling.py", "--model", "masked", "--preset", "MAR-nano", "--grid", "4", "--vocabs",

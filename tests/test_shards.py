@@ -192,5 +192,5 @@ def test_shard_errors_are_clear(tmp_path, shipped_tokenizer, shapes_shards):
         stream(str(tmp_path / "ids" / "000000.tar"))
     s = stream(ids_pattern, num_classes=10, workers=0)
     s.expect(1024, (4, 4))
-    with pytest.raises(GFTError, match="token shape \\(8, 8\\), the model expects \\(4, 4\\)"):
+    with pytest.raises(GFTError, match="a sample has shape \\(8, 8\\), expected \\(4, 4\\) like the model"):
         s.next_batch()

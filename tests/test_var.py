@@ -292,7 +292,7 @@ def test_generate_var_gft_and_cfg(exported, tmp_path):
     (["--cfg-scale", "2", "--cfg", "1"], "not both"),
     (["--cfg-schedule", "linear"], "give --cfg-scale too"),
     (["--steps", "4"], "--steps does not apply to var models"),
-    (["--beta", "1.5"], "beta must lie in [0, 1]"),
+    (["--beta", "1.5"], "argument --beta: must lie in [0, 1], got 1.5"),
 ])
 def test_generate_var_bad_input(exported, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
