@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import GFTError
 from ..pretrained import GFTPreTrainedModel
+from .llamagen_vq import Downsample, Upsample  # the same stride-2 / nearest-2x convs as LlamaGen's VQ
 from .kl import KLConfig, KLTokenizer
 from .multiscale import (MultiScaleVQConfig, MultiScaleVQTokenizer, apply_phi, downsample, num_phi, phi_indices)
 
@@ -66,24 +67,6 @@ class AttnBlock(nn.Module):
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(2, 3).unbind(1)  # (B, hw, C) each
         out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
-
-
-class Downsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, stride=2)
-
-    def forward(self, x):
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Level(nn.Module):
