@@ -279,6 +279,29 @@ def test_llamagen_val_cond_loss_is_the_held_out_cross_entropy_at_beta_1(tmp_path
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
     assert abs(ce.item() - summary["val_cond_loss"]) < 1e-4, (ce.item(), summary["val_cond_loss"])
     assert summary["val_loss"] != summary["val_cond_loss"]  # the mixed logits at β ~ U(0, 1)
+    with torch.no_grad():  # val_null_loss: the same at the null class (β = 1)
+        logits = model(codes, torch.full_like(labels, model.null_class), torch.ones(12))
+    ce_null = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+    assert abs(ce_null.item() - summary["val_null_loss"]) < 1e-4, (ce_null.item(), summary["val_null_loss"])
+    assert summary["val_null_loss"] != summary["val_cond_loss"]
+
+
+def test_beta_embed_lr_puts_the_beta_embedder_in_its_own_groups():
+    """--beta-embed-lr s: the β embedder's parameters train at lr·s (weight decay kept as before); s = 1 gives the
+    paper's two groups at one rate."""
+    from gft_tokens.families.llamagen.model import LlamaGen, llamagen_config
+    from gft_tokens.train.engine import param_groups
+
+    model = LlamaGen(llamagen_config("GPT-nano", vocab_size=16, grid_size=2, num_classes=3))
+    plain = param_groups(model, 0.05, 1e-3)
+    assert len(plain) == 2 and all("lr" not in g for g in plain)
+    groups = param_groups(model, 0.05, 1e-3, beta_embed_lr=0.1)
+    beta_ids = {id(p) for p in model.beta_embedder.parameters()}
+    scaled = [g for g in groups if "lr" in g]
+    assert {id(p) for g in scaled for p in g["params"]} == beta_ids
+    assert all(g["lr"] == pytest.approx(1e-4) for g in scaled)
+    assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]  # MLP weights decayed, biases not
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 def test_val_data_and_val_fraction_together_are_refused(tmp_path):

@@ -92,17 +92,35 @@ def zero_stage(cfg: dict) -> int:
     return int(cfg.get("zero_optimization", {}).get("stage", 0))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 beta_embed_lr: float = 1.0) -> list[dict]:
     """LlamaGen's grouping: weight decay on matrices and embeddings (ndim ≥ 2), none on norms and biases, nor on
-    the parameters a model names in ``no_weight_decay()`` (VAR: position/level embeddings, attention scales)."""
+    the parameters a model names in ``no_weight_decay()`` (VAR: position/level embeddings, attention scales).
+
+    ``beta_embed_lr`` ≠ 1 puts the β embedder (``beta_embedder.*``) in groups of their own at ``lr · beta_embed_lr``
+    (the schedule scales every group alike); 1 is the paper's single learning rate and gives the two groups only.
+    """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         shape = getattr(p, "ds_shape", p.shape)
-        (decay if len(shape) >= 2 and name not in skip else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decayed = len(shape) >= 2 and name not in skip
+        scaled = beta_embed_lr != 1.0 and name.startswith("beta_embedder.")
+        groups.setdefault((decayed, scaled), []).append(p)
+    out = []
+    for scaled in (False, True):
+        for decayed in (True, False):
+            if scaled and (decayed, scaled) not in groups:
+                continue
+            group = {"params": groups.get((decayed, scaled), []), "weight_decay": weight_decay if decayed else 0.0}
+            if scaled:
+                if lr is None:
+                    raise ValueError("param_groups: beta_embed_lr needs the base lr")
+                group["lr"] = lr * beta_embed_lr
+            out.append(group)
+    return out
 
 
 @contextlib.contextmanager

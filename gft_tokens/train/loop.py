@@ -61,6 +61,9 @@ class TrainOptions:
     beta2: float = opt(0.95, "AdamW beta2", min=0, lt=1)
     grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)", min=0)
     drop_prob: float = opt(0.1, "probability of training a sample at the null class", min=0, lt=1)
+    beta_embed_lr: float = opt(1.0, "learning-rate multiplier of the β embedder (GFT); 1 = the paper's one rate for "
+                                    "every parameter. Below 1 keeps the β embedding from drowning the class "
+                                    "embedding when training from scratch at a high rate (docs/gft_vs_cfg)", gt=0, max=1)
     zero_stage: int | None = opt(None, "ZeRO stage 0-3 (selects configs/deepspeed/zero{N}.json; default 1)", choices=(0, 1, 2, 3))
     ds_config: str | None = opt(None, "DeepSpeed JSON config file (overrides --zero-stage's file)")
     bf16: bool = opt(False, "train in bfloat16")
@@ -187,12 +190,14 @@ def _load_init_state(model, state: dict, stage: int, rank: int, where: str) -> N
 @torch.no_grad()
 def _validate(module, adapter, objective, val, o: TrainOptions, device) -> dict:
     """Held-out loss, in eval mode, with fixed draws: ``val_loss`` (the objective's loss; for GFT that of the mixed
-    logits at β ~ U(0, 1)) and ``val_cond_loss`` (the conditional loss at β = 1, i.e. of ℓ_s(x | c, 1) alone; for
-    CFG the conditional loss)."""
+    logits at β ~ U(0, 1)), ``val_cond_loss`` (the conditional loss at β = 1, i.e. of ℓ_s(x | c, 1) alone; for
+    CFG the conditional loss) and ``val_null_loss`` (the same at the null condition). ``val_null_loss −
+    val_cond_loss`` is what the condition is worth to the model (per token, or per masked position): how far it
+    has learned to use the class."""
     codes, labels = val
     was_training = module.training
     module.eval()
-    totals, n = {"val_loss": 0.0, "val_cond_loss": 0.0}, 0
+    totals, n = {"val_loss": 0.0, "val_cond_loss": 0.0, "val_null_loss": 0.0}, 0
     try:
         for i in range(0, len(codes), o.batch_size):
             c, y = codes[i:i + o.batch_size].to(device), labels[i:i + o.batch_size].to(device)
@@ -200,14 +205,16 @@ def _validate(module, adapter, objective, val, o: TrainOptions, device) -> dict:
             g = torch.Generator().manual_seed(o.seed * 7919 + i)
             beta = torch.rand(b, generator=g).to(device)
             no_drop = torch.zeros(b, dtype=torch.bool, device=device)
-            settings = {"val_loss": beta if o.objective == "gft" else torch.ones(b, device=device),
-                        "val_cond_loss": torch.ones(b, device=device)}
-            for key, b_values in settings.items():
-                gen = torch.Generator().manual_seed(o.seed * 7919 + i)  # the same masks for both settings
+            ones = torch.ones(b, device=device)
+            settings = {"val_loss": (beta if o.objective == "gft" else ones, no_drop),
+                        "val_cond_loss": (ones, no_drop),
+                        "val_null_loss": (ones, ~no_drop)}
+            for key, (b_values, drop) in settings.items():
+                gen = torch.Generator().manual_seed(o.seed * 7919 + i)  # the same masks for every setting
                 inputs = adapter.loss_inputs(module, c, gen)
                 result = objective(inputs.logits_fn, inputs.targets, y, null_cond=module.null_class, module=module,
                                    drop_prob=0.0, generator=gen, loss_mask=inputs.loss_mask, want_own=False,
-                                   beta=b_values, drop=no_drop)
+                                   beta=b_values, drop=drop)
                 totals[key] += float(result.loss) * b
             n += b
     finally:
@@ -362,7 +369,7 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         torch.distributed.all_reduce(held)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
-        model_parameters=E.param_groups(model, o.weight_decay),
+        model_parameters=E.param_groups(model, o.weight_decay, o.lr, o.beta_embed_lr),
         optimizer=lambda params: torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2)),
         lr_scheduler=lambda opt_: torch.optim.lr_scheduler.LambdaLR(opt_, _lr_lambda(o)),
         config=ds_cfg,
