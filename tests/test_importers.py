@@ -307,6 +307,43 @@ def test_default_layout_is_the_repeated_class_token_and_old_configs_load_as_it(t
         llamagen_config("GPT-nano", class_token_layout="shifted")
 
 
+@pytest.mark.parametrize("args,argv,message", [
+    (None, [], "error: grid_size is required"),  # no training args: the grid flag is required
+    ({"cls_token_num": 2}, ["--cls-token-num", "3"], "error: --cls-token-num 3 contradicts the checkpoint's "
+                                                     "training args (cls_token_num 2)"),
+    ({}, ["--grid-size", "8"], "error: --grid-size 8 contradicts the checkpoint's training args (grid_size 4)"),
+    ({"class_dropout_prob": 0.1}, ["--class-dropout-prob", "0"], "error: --class-dropout-prob 0.0 contradicts"),
+])
+def test_import_script_refuses_a_missing_grid_or_a_flag_against_the_args_in_one_line(tmp_path, capsys, args,
+                                                                                     argv, message):
+    sd = random_state(official_gpt_shapes(2, 64, vocab=32, classes=5, multiple_of=32), seed=5)
+    if args is not None:
+        args = argparse.Namespace(gpt_model="GPT-nano", image_size=64, downsample_size=16, **args)
+    torch.save({"model": sd, **({"args": args} if args is not None else {})}, tmp_path / "c.pt")
+    with pytest.raises(SystemExit) as exc:
+        script_main("import_checkpoint.py")(["--format", "llamagen-gpt", *argv, str(tmp_path / "c.pt"),
+                                             str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_script_class_table_without_a_null_row_and_no_args(tmp_path, capsys):
+    """No args, --class-dropout-prob 0: every row is a class, a zero null row is added, and the summary says so."""
+    sd = random_state(official_gpt_shapes(2, 64, vocab=32, classes=5, multiple_of=32), seed=6)
+    sd["cls_embedding.embedding_table.weight"] = sd["cls_embedding.embedding_table.weight"][:5].clone()
+    torch.save(sd, tmp_path / "c.pt")
+    script_main("import_checkpoint.py")(["--format", "llamagen-gpt", "--grid-size", "4", "--n-head", "2",
+                                         "--class-dropout-prob", "0", str(tmp_path / "c.pt"), str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert "no null row" in out and "5 classes, a zero null-class embedding added as row 5" in out
+    model = load_model(tmp_path / "m").eval()
+    assert model.config.num_classes == 5 and model.null_class == 5
+    assert not model.cls_embedding.embedding_table.weight[5].any()
+    codes, labels = torch.randint(32, (2, 16)), torch.tensor([0, 4])
+    assert (model(codes, labels) - official_gpt_logits(sd, codes, labels, n_head=2, grid=4)).abs().max() < 1e-5
+
+
 OFFICIAL = {"GPT-B": (12, 768, 110_888_448), "GPT-L": (24, 1024, 342_910_976), "GPT-XL": (36, 1280, 774.7e6),
             "GPT-XXL": (48, 1536, 1.411e9), "GPT-XXXL": (48, 2560, 3.893e9), "GPT-1B": (22, 2048, 1.200e9),
             "GPT-3B": (24, 3200, 3.097e9), "GPT-7B": (32, 4096, 6.615e9)}
