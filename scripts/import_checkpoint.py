@@ -50,7 +50,9 @@ def main(argv=None):
     parser.add_argument("--num-sampling-steps", type=positive(int), help="mar: diffusion steps per token (default: the "
                                                                "training args' or 100)")
     parser.add_argument("--cls-token-num", type=positive(int), help="llamagen-gpt: class-token positions (read from the "
-                                                          "checkpoint's training args when it has them; default 1)")
+                                                          "checkpoint's training args when it has them; default 1); "
+                                                          "> 1 imports LlamaGen's official c2i layout (one class "
+                                                          "vector, RoPE shifted)")
     parser.add_argument("--class-dropout-prob", type=bounded(float, min=0, lt=1),
                         help="llamagen-gpt: the training class dropout; 0 means the class table has no null row "
                              "(read from the training args when present; default: LlamaGen's 0.1)")

@@ -93,11 +93,12 @@ def llamagen_activations(config, micro_batch: int, dtype: torch.dtype) -> dict[s
         tok, cls = Embedding(c.vocab_size, d), Embedding(c.num_classes + 1, d)
         beta_emb = BetaEmbedder(d, c.beta_freq_dim) if c.beta_embed else None
         drop = torch.nn.Dropout(c.token_dropout_p).train()
-        codes, labels, beta = torch.zeros(b, s - 1, dtype=torch.long), torch.zeros(b, dtype=torch.long), torch.rand(b)
+        codes = torch.zeros(b, s - c.prefix_len, dtype=torch.long)  # the prefix + these = s positions
+        labels, beta = torch.zeros(b, dtype=torch.long), torch.rand(b)
 
         def stem():
             cond = cls(labels) + (beta_emb(beta) if beta_emb is not None else 0)
-            return drop(torch.cat([cond[:, None].expand(-1, c.cls_token_num, -1), tok(codes)], 1))
+            return drop(torch.cat([cond[:, None].expand(-1, c.prefix_len, -1), tok(codes)], 1))
 
         stem_bytes = _saved_bytes(stem, [m for m in (tok, cls, beta_emb) if m is not None])
 

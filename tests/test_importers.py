@@ -53,14 +53,30 @@ def random_state(shapes, seed=0, dtype=torch.float32):
     return out
 
 
-def official_gpt_logits(sd, codes, labels, n_head, grid, betas=None, cls_token_num=1):
-    sd = {k: v.float() for k, v in sd.items()}
-    dim = sd["tok_embeddings.weight"].shape[1]
-    hd, n_layer = dim // n_head, 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers."))
+def _rms(x, w):
+    return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).type_as(x) * w
 
-    def rms(x, w):
-        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).type_as(x) * w
 
+def _official_freqs(hd, grid, cls_token_num):
+    """precompute_freqs_cis_2d: cls_token_num zero rows, then the grid rows (grid², hd/2, 2)."""
+    half = hd // 2
+    freqs = 1.0 / (10000 ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    f = torch.outer(torch.arange(grid).float(), freqs)
+    fg = torch.cat([f[:, None, :].expand(-1, grid, -1), f[None, :, :].expand(grid, -1, -1)], -1)
+    cache = torch.stack([torch.cos(fg), torch.sin(fg)], -1).flatten(0, 1)
+    return torch.cat([torch.zeros(cls_token_num, half, 2), cache])
+
+
+def _rotary(x, fc):  # apply_rotary_emb; x (B, S, H, hd), fc (S, hd/2, 2)
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    c = fc.view(1, xs.size(1), 1, xs.size(3), 2)
+    out = torch.stack([xs[..., 0] * c[..., 0] - xs[..., 1] * c[..., 1],
+                       xs[..., 1] * c[..., 0] + xs[..., 0] * c[..., 1]], -1)
+    return out.flatten(3).type_as(x)
+
+
+def _official_cond(sd, labels, betas=None):
+    """LabelEmbedder: ONE vector (B, 1, D) per label [+ thu-ml/GFT's β embedding]."""
     cond = sd["cls_embedding.embedding_table.weight"][labels][:, None]
     if betas is not None:  # thu-ml/GFT: DiT timestep embedder on 1000·β, added to the class token
         t, half = betas * 1000, 128
@@ -69,35 +85,92 @@ def official_gpt_logits(sd, codes, labels, n_head, grid, betas=None, cls_token_n
         emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
         e = F.silu(emb @ sd["t_embedder.mlp.0.weight"].T + sd["t_embedder.mlp.0.bias"])
         cond = cond + (e @ sd["t_embedder.mlp.2.weight"].T + sd["t_embedder.mlp.2.bias"])[:, None]
+    return cond
+
+
+def _sizes(sd, n_head):
+    dim = sd["tok_embeddings.weight"].shape[1]
+    return dim, dim // n_head, 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers."))
+
+
+def _layer(sd, i, h, q_fc, attend):
+    """One TransformerBlock; ``attend(i, q, k, v)`` does the attention (B, H, S, hd) → (B, H, S, hd)."""
+    p = f"layers.{i}."
+    b, s, dim = h.shape
+    n_head = attend.n_head
+    hd = dim // n_head
+    x = _rms(h, sd[p + "attention_norm.weight"])
+    q, k, v = (x @ sd[p + "attention.wqkv.weight"].T).split([dim, dim, dim], -1)
+    q, k = _rotary(q.view(b, s, n_head, hd), q_fc), _rotary(k.view(b, s, n_head, hd), q_fc)
+    o = attend(i, q.transpose(1, 2), k.transpose(1, 2), v.view(b, s, n_head, hd).transpose(1, 2))
+    h = h + o.transpose(1, 2).reshape(b, s, dim) @ sd[p + "attention.wo.weight"].T
+    x = _rms(h, sd[p + "ffn_norm.weight"])
+    w = F.silu(x @ sd[p + "feed_forward.w1.weight"].T) * (x @ sd[p + "feed_forward.w3.weight"].T)
+    return h + w @ sd[p + "feed_forward.w2.weight"].T
+
+
+def official_gpt_logits(sd, codes, labels, n_head, grid, betas=None, cls_token_num=1, repeat=False):
+    """The whole sequence at once: [class vector, image tokens 0..N-2], position p reads RoPE row p (official
+    c2i inference, any cls_token_num). ``repeat``: this toolkit's default layout instead (the class vector
+    repeated cls_token_num times, logits from position cls_token_num - 1)."""
+    sd = {k: v.float() for k, v in sd.items()}
+    dim, hd, n_layer = _sizes(sd, n_head)
+    cond = _official_cond(sd, labels, betas)
+    if repeat:
+        cond = cond.expand(-1, cls_token_num, -1)
     h = torch.cat([cond, sd["tok_embeddings.weight"][codes[:, :-1]]], 1)
-    # precompute_freqs_cis_2d
-    half = hd // 2
-    freqs = 1.0 / (10000 ** (torch.arange(0, half, 2)[: half // 2].float() / half))
-    f = torch.outer(torch.arange(grid).float(), freqs)
-    fg = torch.cat([f[:, None, :].expand(-1, grid, -1), f[None, :, :].expand(grid, -1, -1)], -1)
-    cache = torch.stack([torch.cos(fg), torch.sin(fg)], -1).flatten(0, 1)
-    fc = torch.cat([torch.zeros(cls_token_num, half, 2), cache])[: h.shape[1]]
+    fc = _official_freqs(hd, grid, cls_token_num)[: h.shape[1]]
 
-    def rotary(x):  # apply_rotary_emb
-        xs = x.float().reshape(*x.shape[:-1], -1, 2)
-        c = fc.view(1, xs.size(1), 1, xs.size(3), 2)
-        out = torch.stack([xs[..., 0] * c[..., 0] - xs[..., 1] * c[..., 1],
-                           xs[..., 1] * c[..., 0] + xs[..., 0] * c[..., 1]], -1)
-        return out.flatten(3).type_as(x)
+    def attend(i, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    b, s, _ = h.shape
+    attend.n_head = n_head
     for i in range(n_layer):
-        p = f"layers.{i}."
-        x = rms(h, sd[p + "attention_norm.weight"])
-        q, k, v = (x @ sd[p + "attention.wqkv.weight"].T).split([dim, dim, dim], -1)
-        q, k = rotary(q.view(b, s, n_head, hd)), rotary(k.view(b, s, n_head, hd))
-        v = v.view(b, s, n_head, hd)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-        h = h + o.transpose(1, 2).reshape(b, s, dim) @ sd[p + "attention.wo.weight"].T
-        x = rms(h, sd[p + "ffn_norm.weight"])
-        w = F.silu(x @ sd[p + "feed_forward.w1.weight"].T) * (x @ sd[p + "feed_forward.w3.weight"].T)
-        h = h + w @ sd[p + "feed_forward.w2.weight"].T
-    return (rms(h, sd["norm.weight"]) @ sd["output.weight"].T).float()
+        h = _layer(sd, i, h, fc, attend)
+    logits = (_rms(h, sd["norm.weight"]) @ sd["output.weight"].T).float()
+    return logits[:, cls_token_num - 1:] if repeat else logits
+
+
+def official_c2i_generate(sd, labels, n_head, grid, cls_token_num, betas=None, cfg_scale=None, codes=None):
+    """generate.py for c2i, written out: prefill the class vector at input_pos [0] (T = 1; with CFG the null-class
+    rows follow, ``u + (c - u)·w``), then one token per step at input_pos 1, 2, … with a per-layer KV cache, each
+    position p reading RoPE row p of ``precompute_freqs_cis_2d(grid, hd, base, cls_token_num)``. Greedy
+    (``sample_logits=False``), or teacher-forced by ``codes``. Returns (tokens (B, N), logits (B, N, V) per step,
+    after the CFG mix)."""
+    sd = {k: v.float() for k, v in sd.items()}
+    dim, hd, n_layer = _sizes(sd, n_head)
+    n = grid * grid
+    fc = _official_freqs(hd, grid, cls_token_num)
+    bsz = labels.shape[0]
+    if cfg_scale is not None:
+        labels = torch.cat([labels, torch.full_like(labels, sd["cls_embedding.embedding_table.weight"].shape[0] - 1)])
+        betas = None if betas is None else torch.cat([betas, torch.ones_like(betas)])
+    keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
+
+    def attend(i, q, k, v):  # KVCache.update, then the query attends to every cached position
+        keys[i].append(k), values[i].append(v)
+        return F.scaled_dot_product_attention(q, torch.cat(keys[i], 2), torch.cat(values[i], 2))
+
+    attend.n_head = n_head
+
+    def step(x, pos):
+        for i in range(n_layer):
+            x = _layer(sd, i, x, fc[pos:pos + 1], attend)
+        logits = (_rms(x, sd["norm.weight"]) @ sd["output.weight"].T).float()[:, -1]
+        if cfg_scale is not None:
+            c, u = logits.chunk(2)
+            logits = u + (c - u) * cfg_scale
+        return logits
+
+    tokens, all_logits = [], []
+    x = _official_cond(sd, labels, betas)
+    for j in range(n):
+        logits = step(x, j)
+        tok = logits.argmax(-1) if codes is None else codes[:, j]
+        tokens.append(tok), all_logits.append(logits)
+        feed = torch.cat([tok, tok]) if cfg_scale is not None else tok
+        x = sd["tok_embeddings.weight"][feed][:, None]
+    return torch.stack(tokens, 1)[:bsz], torch.stack(all_logits, 1)
 
 
 def convert_and_load(tmp_path, state, name="m", **options):
@@ -135,6 +208,140 @@ def test_gpt_b_checkpoint_in_a_training_container(tmp_path):
     codes, labels = torch.randint(64, (2, 16)), torch.tensor([3, 10])
     ref = official_gpt_logits(sd, codes, labels, n_head=12, grid=4)
     assert torch.allclose(model(codes, labels, torch.tensor([0.5, 1.0])), ref, atol=1e-4, rtol=1e-4)
+
+
+# cls_token_num k > 1: the official c2i network keeps one class vector, its RoPE table k zero rows (issue #20)
+def _official_k_import(tmp_path, k, gft):
+    """An official-layout file with cls_token_num k: k = 2 read from its training args, k = 3 from the flag."""
+    sd = random_state(official_gpt_shapes(n_layer=2, dim=64, vocab=32, classes=5, multiple_of=32, gft=gft), seed=k)
+    if k == 2:
+        args = argparse.Namespace(gpt_model="GPT-nano", image_size=64, downsample_size=16, cls_token_num=2)
+        torch.save({"model": sd, "args": args}, tmp_path / "k.pt")
+        converted = import_checkpoint("llamagen-gpt", tmp_path / "k.pt", tmp_path / "k")
+    else:
+        torch.save({"model": sd}, tmp_path / "k.pt")
+        converted = import_checkpoint("llamagen-gpt", tmp_path / "k.pt", tmp_path / "k", grid_size=4, n_head=2,
+                                      cls_token_num=k)
+    assert any(f"cls_token_num {k}: imported with the official c2i layout" in n for n in converted.notes)
+    return sd, load_model(tmp_path / "k").eval()
+
+
+@pytest.mark.parametrize("k,gft", [(2, False), (3, True)])
+def test_cls_token_num_above_one_imports_the_official_inference_network(tmp_path, k, gft):
+    from gft_tokens.families.llamagen.sampler import sample
+
+    sd, model = _official_k_import(tmp_path, k, gft)
+    c = model.config
+    assert (c.cls_token_num, c.class_token_layout, c.prefix_len, c.max_seq_len) == (k, "official", 1, 17)
+    codes, labels = torch.randint(32, (3, 16)), torch.tensor([0, 4, 5])  # 5 = the null class
+    beta = torch.tensor([0.3, 0.7, 1.0])
+    betas = beta if gft else None
+    ref = official_gpt_logits(sd, codes, labels, n_head=2, grid=4, betas=betas, cls_token_num=k)
+    _, ref_steps = official_c2i_generate(sd, labels, n_head=2, grid=4, cls_token_num=k, betas=betas, codes=codes)
+    assert torch.allclose(ref_steps, ref, atol=1e-5)  # the two re-implementations agree
+    # the repeated class token on the same weights is another network: the comparison can fail
+    repeat = type(model)(type(c)(**{**c.to_dict(), "class_token_layout": "repeat"})).eval()
+    repeat.load_state_dict(model.state_dict())
+    assert (repeat(codes, labels, beta) - ref).abs().max() > 1e-2
+    # teacher forcing, prefill + decode with the KV cache, full recompute
+    assert (model(codes, labels, beta) - ref).abs().max() < 1e-5
+    cache = model.allocate_cache(3)
+    steps = [model.prefill(labels, beta, cache)] + [model.decode(codes[:, j - 1:j], cache) for j in range(1, 16)]
+    assert (torch.stack(steps, 1) - ref).abs().max() < 1e-5
+    for j in (0, 1, k - 1, k, 15):
+        assert (model.next_logits(codes[:, :j], labels, beta) - ref[:, j]).abs().max() < 1e-5
+    # greedy sampling, with and without the cache, GFT β and CFG, against generate.py written out
+    real = labels[:2]
+    for guidance in ({"cfg_scale": 2.5}, {"beta": beta[:2]} if gft else {"cfg_scale": 1.5}):
+        w = guidance.get("cfg_scale")
+        want, _ = official_c2i_generate(sd, real, n_head=2, grid=4, cls_token_num=k, cfg_scale=w,
+                                        betas=guidance.get("beta", torch.ones(2) if gft else None))
+        for use_cache in (True, False):
+            got = sample(model, real, temperature=0.0, use_cache=use_cache, **guidance)
+            assert torch.equal(got, want), (use_cache, guidance)
+
+
+def test_official_layout_trains_on_every_image_token_and_round_trips(tmp_path):
+    """Training under the official layout: position i predicts image token i, N logits for N targets, and the
+    gradient reaches the class vector; the layout survives save/load and a GFT fine-tune (lr 0: unchanged)."""
+    from gft_tokens.train.loop import TrainOptions, train
+
+    sd = random_state(official_gpt_shapes(2, 64, vocab=1024, classes=10, multiple_of=32), seed=4)
+    torch.save({"model": sd}, tmp_path / "official.pt")
+    import_checkpoint("llamagen-gpt", tmp_path / "official.pt", tmp_path / "imported", grid_size=8, n_head=2,
+                      cls_token_num=2, tokenizer=str(SHIPPED_VQ))
+    model = load_model(tmp_path / "imported").train()
+    codes, labels = torch.randint(1024, (2, 64)), torch.tensor([1, 9])
+    assert model.head_inputs(codes, labels, torch.tensor([0.5, 1.0])).hidden.shape[:2] == (2, 64)
+    F.cross_entropy(model(codes, labels).flatten(0, 1), codes.flatten()).backward()
+    assert model.cls_embedding.embedding_table.weight.grad[[1, 9]].abs().sum() > 0
+    train("llamagen", TrainOptions(init_from=str(tmp_path / "imported"), tokenizer=str(SHIPPED_VQ), objective="gft",
+                                   train_images=100, steps=1, batch_size=4, lr=0.0, weight_decay=0.0, save_every=0,
+                                   warmup_steps=1, out=str(tmp_path / "ft")))
+    ft = load_model(tmp_path / "ft" / "model").eval()
+    assert ft.config.class_token_layout == "official"
+    ref = official_gpt_logits(sd, codes, labels, n_head=2, grid=8, cls_token_num=2)
+    assert (ft(codes, labels, torch.full((2,), 0.4)) - ref).abs().max() < 1e-5
+
+
+def test_default_layout_is_the_repeated_class_token_and_old_configs_load_as_it(tmp_path):
+    import json
+
+    from gft_tokens.families.llamagen.model import LlamaGen, llamagen_config
+
+    config = llamagen_config("GPT-nano", vocab_size=32, grid_size=4, num_classes=5, cls_token_num=2)
+    assert (config.class_token_layout, config.prefix_len, config.max_seq_len) == ("repeat", 2, 18)
+    model = LlamaGen(config).eval()
+    torch.nn.init.normal_(model.output.weight, std=0.1)  # the zero-initialised head would hide any difference
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg.pop("class_token_layout") == "repeat"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))  # a config written before the option existed
+    old = load_model(tmp_path / "m").eval()
+    assert old.config.class_token_layout == "repeat"
+    sd = {k: v for k, v in old.state_dict().items() if not k.startswith("beta_embedder.")}
+    codes, labels = torch.randint(32, (2, 16)), torch.tensor([1, 5])
+    ref = official_gpt_logits(sd, codes, labels, n_head=2, grid=4, cls_token_num=2, repeat=True)
+    assert (old(codes, labels) - ref).abs().max() < 1e-5
+    with pytest.raises(GFTError, match="class_token_layout must be one of 'repeat', 'official'"):
+        llamagen_config("GPT-nano", class_token_layout="shifted")
+
+
+@pytest.mark.parametrize("args,argv,message", [
+    (None, [], "error: grid_size is required"),  # no training args: the grid flag is required
+    ({"cls_token_num": 2}, ["--cls-token-num", "3"], "error: --cls-token-num 3 contradicts the checkpoint's "
+                                                     "training args (cls_token_num 2)"),
+    ({}, ["--grid-size", "8"], "error: --grid-size 8 contradicts the checkpoint's training args (grid_size 4)"),
+    ({"class_dropout_prob": 0.1}, ["--class-dropout-prob", "0"], "error: --class-dropout-prob 0.0 contradicts"),
+])
+def test_import_script_refuses_a_missing_grid_or_a_flag_against_the_args_in_one_line(tmp_path, capsys, args,
+                                                                                     argv, message):
+    sd = random_state(official_gpt_shapes(2, 64, vocab=32, classes=5, multiple_of=32), seed=5)
+    if args is not None:
+        args = argparse.Namespace(gpt_model="GPT-nano", image_size=64, downsample_size=16, **args)
+    torch.save({"model": sd, **({"args": args} if args is not None else {})}, tmp_path / "c.pt")
+    with pytest.raises(SystemExit) as exc:
+        script_main("import_checkpoint.py")(["--format", "llamagen-gpt", *argv, str(tmp_path / "c.pt"),
+                                             str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_script_class_table_without_a_null_row_and_no_args(tmp_path, capsys):
+    """No args, --class-dropout-prob 0: every row is a class, a zero null row is added, and the summary says so."""
+    sd = random_state(official_gpt_shapes(2, 64, vocab=32, classes=5, multiple_of=32), seed=6)
+    sd["cls_embedding.embedding_table.weight"] = sd["cls_embedding.embedding_table.weight"][:5].clone()
+    torch.save(sd, tmp_path / "c.pt")
+    script_main("import_checkpoint.py")(["--format", "llamagen-gpt", "--grid-size", "4", "--n-head", "2",
+                                         "--class-dropout-prob", "0", str(tmp_path / "c.pt"), str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert "no null row" in out and "5 classes, a zero null-class embedding added as row 5" in out
+    model = load_model(tmp_path / "m").eval()
+    assert model.config.num_classes == 5 and model.null_class == 5
+    assert not model.cls_embedding.embedding_table.weight[5].any()
+    codes, labels = torch.randint(32, (2, 16)), torch.tensor([0, 4])
+    assert (model(codes, labels) - official_gpt_logits(sd, codes, labels, n_head=2, grid=4)).abs().max() < 1e-5
 
 
 OFFICIAL = {"GPT-B": (12, 768, 110_888_448), "GPT-L": (24, 1024, 342_910_976), "GPT-XL": (36, 1280, 774.7e6),

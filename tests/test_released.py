@@ -499,15 +499,16 @@ def test_llamagen_args_fill_grid_preset_cls_tokens_and_dropout(tmp_path):
 
 def test_llamagen_cls_token_num_from_args_or_flag(tmp_path):
     _, path = _llamagen_ckpt(tmp_path, gpt_model="GPT-nano", image_size=64, downsample_size=16, cls_token_num=2)
-    with pytest.raises(GFTError, match="cls_token_num 2"):  # read, and refused: never imported as 1
-        import_checkpoint("llamagen-gpt", path)
+    converted = import_checkpoint("llamagen-gpt", path)  # read, never imported as 1: the official layout
+    assert (converted.config.cls_token_num, converted.config.class_token_layout) == (2, "official")
     _, path = _llamagen_ckpt(tmp_path)  # no args: grid required, cls_token_num from the flag
     with pytest.raises(GFTError, match="grid_size is required"):
         import_checkpoint("llamagen-gpt", path)
-    with pytest.raises(GFTError, match="cls_token_num 2"):
-        import_checkpoint("llamagen-gpt", path, grid_size=4, cls_token_num=2)
+    converted = import_checkpoint("llamagen-gpt", path, grid_size=4, cls_token_num=2)
+    assert (converted.config.cls_token_num, converted.config.class_token_layout) == (2, "official")
+    assert any("official c2i layout" in n for n in converted.notes)
     converted = import_checkpoint("llamagen-gpt", path, grid_size=4, cls_token_num=1)
-    assert converted.config.cls_token_num == 1
+    assert (converted.config.cls_token_num, converted.config.class_token_layout) == (1, "repeat")
     assert any("assumed a null-class row" in n for n in converted.notes)
     assert any("assumed" in n and "cls_token_num" in n
                for n in import_checkpoint("llamagen-gpt", path, grid_size=4).notes)

@@ -14,8 +14,15 @@ the grid (``image_size // downsample_size``), the preset (``gpt_model``, hence n
 ``class_dropout_prob`` and ``num_classes``, and an explicit option contradicting it is refused. Without args, the
 grid is required and ``cls_token_num`` 1 / a null-class row (LlamaGen's released c2i) are assumed and said in the
 notes. A class table without a null row (trained with ``class_dropout_prob`` 0) keeps every row as a class and gets a
-zero null-class row. ``cls_token_num`` > 1 is refused: the official c2i network then uses one class vector with
-the RoPE table shifted, which is not this toolkit's repeated class token.
+zero null-class row.
+
+``cls_token_num`` k > 1 (from the args or ``cls_token_num``) imports with ``class_token_layout="official"``: the
+official c2i network keeps one class vector (its LabelEmbedder's (B, 1, D) sliced to ``[:, :k]``) while its RoPE
+table has k zero rows before the grid, so at inference (prefix of one position) image token j reads row 1 + j:
+tokens 0 … k-2 get zero rows, token j ≥ k-1 grid position j - (k-1). That is not the toolkit's default (the class
+vector repeated k times), so the layout is recorded in the config and said in the summary. Only the official
+inference path is reproduced: its training forward with k > 1 returns k-1 fewer logits than targets and is not a
+well-defined network; fine-tuning the import trains the inference network (position i predicts image token i).
 
 ``llamagen-vq``: the VQ-16 / VQ-8 tokenizer into :class:`~gft_tokens.tokenizers.llamagen_vq.LlamaGenVQ` (same
 names); the channel layout is read from the shapes, ``image_size`` is required.
@@ -169,13 +176,16 @@ def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None =
         assumed.append("cls_token_num 1")
     if cls_token_num < 1:
         raise GFTError(f"cls_token_num must be ≥ 1, got {cls_token_num}")
-    if cls_token_num != 1:
+    layout = {}
+    if cls_token_num > 1:
         # official c2i: one class vector (LabelEmbedder's (B, 1, D) sliced to [:cls_token_num]) with the RoPE table
-        # offset by cls_token_num zero rows and logits from position cls_token_num - 1; our LlamaGen repeats the
-        # class vector cls_token_num times — not the same network, so refuse rather than import different logits
-        raise GFTError(f"cls_token_num {cls_token_num}: an official c2i model with more than one class-token slot "
-                       f"(one class vector, RoPE shifted by {cls_token_num}) is not this toolkit's LlamaGen, which "
-                       f"repeats the class token; importing it would change its logits, so it is refused")
+        # offset by cls_token_num zero rows; the toolkit's default repeats the class vector, a different network
+        layout = {"class_token_layout": "official"}
+        k = cls_token_num
+        zero = "image token 0 reads a zero row" if k == 2 else f"image tokens 0-{k - 2} read zero rows"
+        notes.append(f"cls_token_num {k}: imported with the official c2i layout (class_token_layout 'official'): one "
+                     f"class vector at position 0, RoPE rows 0-{k - 1} zero, so {zero} and token j >= {k - 1} grid "
+                     f"position j-{k - 1}, as LlamaGen's generate.py runs it (not the default repeated class token)")
     if class_dropout_prob is not None and not 0.0 <= class_dropout_prob < 1.0:
         raise GFTError(f"class_dropout_prob must lie in [0, 1), got {class_dropout_prob}")
 
@@ -205,7 +215,7 @@ def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None =
         notes.append(f"the class table has no null row (trained without class dropout): {rows} classes, a zero "
                      f"null-class embedding added as row {rows} (the unconditional model is untrained)")
     fits = fitting_presets(dims)
-    extra = {"cls_token_num": cls_token_num}
+    extra = {"cls_token_num": cls_token_num, **layout}
     if class_dropout_prob is not None:
         extra["class_dropout_prob"] = class_dropout_prob
     common = dict(vocab_size=dims["vocab_size"], num_classes=dims["num_classes"], grid_size=grid_size,
@@ -314,7 +324,8 @@ GPT_IMPORTER = Importer(
      "n_head": "attention heads, for a size that matches no preset",
      "beta_embed": "add a zero-initialised β embedder (GFT input) if the checkpoint has none (default true)",
      "tokenizer": "tokenizer directory to record in the model (its codebook and grid must fit)",
-     "cls_token_num": "class-token positions (default: the training args', else 1)",
+     "cls_token_num": "class-token positions (default: the training args', else 1); > 1 imports the official "
+                      "c2i layout (one class vector, RoPE shifted)",
      "class_dropout_prob": "the training class dropout; 0: the class table has no null row (default: the "
                            "training args', else LlamaGen's 0.1)"},
     recorded=recorded_args,

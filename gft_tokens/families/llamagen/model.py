@@ -1,10 +1,25 @@
 """LlamaGen-style class-conditional autoregressive transformer, with a β input for GFT.
 
 Architecture as LlamaGen's c2i GPT: a class token (``cls_token_num`` copies of the class embedding; the null class
-is row ``num_classes``) followed by the image tokens in raster order; pre-norm blocks with RMSNorm, fused-qkv
+is row ``num_classes``; see ``class_token_layout`` below) followed by the image tokens in raster order; pre-norm
+blocks with RMSNorm, fused-qkv
 attention with LlamaGen's 2D RoPE over the token grid, a SwiGLU FFN (hidden = 8d/3 rounded up to a multiple of
 256), no biases, and an untied, zero-initialised output head. Parameter names follow the official checkpoints
 (``tok_embeddings``, ``layers.N.attention.wqkv`` …) so they import one-to-one.
+
+``class_token_layout`` says what ``cls_token_num`` k > 1 means (k = 1: both layouts are the same network):
+
+* ``"repeat"`` (default; every model trained here before the option existed): the class vector is repeated over k
+  positions 0 … k-1 (the 2D-RoPE rows of the class positions are zero), image token j sits at position k + j and
+  reads grid row j; position k-1+i predicts image token i.
+* ``"official"``: FoundationVision/LlamaGen's c2i network at inference (``generate.py``: the c2i prefix is one
+  position). Its LabelEmbedder returns one vector (B, 1, D), so ``[:, :cls_token_num]`` keeps that single vector;
+  its RoPE table still has k zero rows before the grid rows. The class vector sits at position 0 and image token j
+  at position 1 + j, reading row 1 + j: tokens 0 … k-2 read zero rows (their q and k are zeroed, as the class
+  position's), token j ≥ k-1 reads grid position j - (k-1). Training uses that same network: position i predicts
+  image token i, all N logits. (The official training forward keeps logits from position k-1 on, k-1 fewer than its
+  targets, so only its inference path is well-defined; that is what is reproduced, and what importing such a
+  checkpoint needs.)
 
 GFT adds ``beta_embedder`` (sinusoid of β·1000 → MLP with zero-initialised last layer) whose output is added to the
 class token embedding. A model built with ``beta_embed=False`` is a plain CFG model (no β input).
@@ -48,6 +63,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+CLASS_TOKEN_LAYOUTS = ("repeat", "official")
+
+
 class LlamaGenConfig(PretrainedConfig):
     model_type = "gft_llamagen"
 
@@ -72,6 +90,7 @@ class LlamaGenConfig(PretrainedConfig):
         vocab_size: int = 16384,
         grid_size: int = 16,
         cls_token_num: int = 1,
+        class_token_layout: str = "repeat",
         beta_embed: bool = True,
         beta_freq_dim: int = 256,
         preset: str | None = None,
@@ -88,6 +107,7 @@ class LlamaGenConfig(PretrainedConfig):
         self.drop_path_rate = float(drop_path_rate)
         self.num_classes, self.class_dropout_prob = int(num_classes), float(class_dropout_prob)
         self.vocab_size, self.grid_size, self.cls_token_num = int(vocab_size), int(grid_size), int(cls_token_num)
+        self.class_token_layout = class_token_layout  # "repeat" | "official" (configs without it: "repeat")
         self.beta_embed, self.beta_freq_dim = bool(beta_embed), int(beta_freq_dim)
         self.preset = preset
         self.tokenizer = tokenizer  # what the model was trained with (type, codebook_size, grid_size, ...)
@@ -97,6 +117,11 @@ class LlamaGenConfig(PretrainedConfig):
             raise GFTError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if (self.dim // self.n_head) % 4:
             raise GFTError(f"head dim {self.dim // self.n_head} must be divisible by 4 for 2D RoPE")
+        if self.class_token_layout not in CLASS_TOKEN_LAYOUTS:
+            raise GFTError(f"class_token_layout must be one of {', '.join(map(repr, CLASS_TOKEN_LAYOUTS))}, got "
+                           f"{self.class_token_layout!r}")
+        if self.cls_token_num < 1:
+            raise GFTError(f"cls_token_num must be ≥ 1, got {self.cls_token_num}")
         if self.n_head % (self.n_kv_head or self.n_head):
             raise GFTError(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
 
@@ -110,8 +135,13 @@ class LlamaGenConfig(PretrainedConfig):
         return self.grid_size * self.grid_size
 
     @property
+    def prefix_len(self) -> int:
+        """Condition positions before the first image token: ``cls_token_num`` (repeat layout) or 1 (official)."""
+        return 1 if self.class_token_layout == "official" else self.cls_token_num
+
+    @property
     def max_seq_len(self) -> int:
-        return self.cls_token_num + self.block_size
+        return self.prefix_len + self.block_size
 
 
 def llamagen_config(preset: str, **overrides) -> LlamaGenConfig:
@@ -189,6 +219,7 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.output = OutputHead(c.dim, c.vocab_size, zero_init=True)
         self.beta_embedder = BetaEmbedder(c.dim, c.beta_freq_dim, std=std) if c.beta_embed else None
+        # cls_token_num zero rows, then the grid rows, in both layouts: position p reads row p
         cos, sin = rope_2d_table(c.grid_size, c.head_dim, c.rope_base, c.cls_token_num)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -197,9 +228,10 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
 
     # -- conditioning ------------------------------------------------------------------------------------------
     def condition_tokens(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
-        """Class embedding (+ β embedding) repeated over ``cls_token_num`` positions: (B, cls_token_num, D)."""
+        """Class embedding (+ β embedding) over the prefix: (B, prefix_len, D) — repeated ``cls_token_num`` times
+        (repeat layout) or the single vector (official layout)."""
         h = embed_condition(self.cls_embedding, self.num_classes, self.beta_embedder, labels, beta)
-        return h[:, None, :].expand(-1, self.config.cls_token_num, -1)
+        return h[:, None, :].expand(-1, self.config.prefix_len, -1)
 
     # -- backbone ----------------------------------------------------------------------------------------------
     def _run_layers(self, h: torch.Tensor, start: int, cache: KVCache | None,
@@ -225,7 +257,7 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
         cond = self.condition_tokens(labels, beta)
         x = torch.cat([cond, self.tok_embeddings(codes[:, :-1].to(cond.device))], dim=1)
         h = self._run_layers(self.tok_dropout(x), 0, None)
-        return h[:, c.cls_token_num - 1:]  # position i predicts image token i
+        return h[:, c.prefix_len - 1:]  # position prefix_len - 1 + i predicts image token i
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: codes (B, N) + labels (B,) [+ β (B,)] → logits (B, N, V), float32."""

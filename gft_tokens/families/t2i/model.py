@@ -33,6 +33,9 @@ class T2IConfig(LlamaGenConfig):
         kwargs["cls_token_num"] = self.caption_len
         kwargs.setdefault("num_classes", 0)
         super().__init__(**kwargs)
+        if self.class_token_layout != "repeat":
+            raise GFTError(f"class_token_layout {self.class_token_layout!r} is for class-conditional LlamaGen; a "
+                           f"text-to-image model's prefix is its caption positions")
 
 
 def t2i_config(preset: str, **overrides) -> T2IConfig:
