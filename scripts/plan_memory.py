@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 
 import torch
 
@@ -117,6 +118,11 @@ def llamagen_activations(config, micro_batch: int, dtype: torch.dtype) -> dict[s
 
 def model_state_rows(total: int, largest: int, gpus: int, nodes: int) -> list[dict]:
     """Per-GPU and per-node CPU bytes of params + gradients + optimizer states for each ZeRO setup."""
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout; keep --json clean
+        return _model_state_rows(total, largest, gpus, nodes)
+
+
+def _model_state_rows(total: int, largest: int, gpus: int, nodes: int) -> list[dict]:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 

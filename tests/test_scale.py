@@ -143,6 +143,7 @@ def test_plan_memory_for_gpt_3b_on_8_gpus(capsys):
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     main = script_main("plan_memory.py")
+    capsys.readouterr()  # what importing DeepSpeed above printed is not the script's output
     main(["--model", "GPT-3B", "--gpus", "8", "--nodes", "1", "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert plan["params"] == 3_107_724_800  # LlamaGen's 3.097B + the β embedder
