@@ -379,3 +379,19 @@ def test_own_data_never_overwrites_a_shipped_tokenizer_or_probe(folder):
     with pytest.raises(GFTError, match="with --data give --out"):
         train_probe(ProbeTrainOptions(data=str(folder), steps=1))
     assert (ROOT / "tokenizers/shapes-vq/model.safetensors").stat().st_mtime == before
+
+
+def test_export_every_writes_loadable_snapshots_along_the_run(tmp_path):
+    """--export-every N: <out>/snapshots/step-N… hold the weights of those steps (the learning curve of one run);
+    the last step is the usual <out>/model."""
+    from gft_tokens.families import load_model
+    from gft_tokens.train.loop import TrainOptions, train
+
+    o = TrainOptions(preset="GPT-nano", tokenizer=str(ROOT / "tokenizers/shapes-vq"), train_images=40, steps=3,
+                     batch_size=8, warmup_steps=1, save_every=0, export_every=2, out=str(tmp_path / "run"))
+    train("llamagen", o)
+    snaps = sorted(p.name for p in (tmp_path / "run/snapshots").iterdir())
+    assert snaps == ["step-000002"]
+    early, final = load_model(tmp_path / "run/snapshots/step-000002"), load_model(tmp_path / "run/model")
+    diff = max((a - b).abs().max().item() for a, b in zip(early.state_dict().values(), final.state_dict().values()))
+    assert diff > 0  # step 3 moved the weights after the snapshot

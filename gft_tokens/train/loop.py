@@ -72,6 +72,8 @@ class TrainOptions:
     grad_checkpointing: bool = opt(False, "recompute each block's activations in backward (saves memory)")
     out: str = opt("runs/llamagen", "run directory: checkpoints/, model/, train_log.jsonl")
     save_every: int = opt(200, "checkpoint every N optimizer steps (0: only at the end)", min=0)
+    export_every: int = opt(0, "also export the weights every N steps to <out>/snapshots/step-NNNNNN (a learning "
+                               "curve from one run; 0: none)", min=0)
     keep_last: int = opt(2, "keep the N newest checkpoints (0 keeps all)", min=0)
     resume: bool = opt(False, "continue from the newest complete checkpoint in <out>/checkpoints")
     overwrite: bool = opt(False, "replace the run already in <out> (its checkpoints, log and exports)")
@@ -256,7 +258,7 @@ def _check_val(val, vocab_size: int | None, token_shape) -> None:
     if vocab_size is not None and not codes.is_floating_point() and (int(codes.max()) >= vocab_size
                                                                       or int(codes.min()) < 0):
         raise GFTError(f"validation codes contain ids outside the vocabulary [0, {vocab_size})")
-RUN_FILES = ("checkpoints", "model", "model_ema", "train_log.jsonl")  # what a run writes into <out>
+RUN_FILES = ("checkpoints", "model", "model_ema", "snapshots", "train_log.jsonl")  # what a run writes into <out>
 
 
 def check_run_dir(out: Path, o: TrainOptions) -> None:
@@ -504,6 +506,10 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
             train_log.write(last)
         if (o.save_every and done % o.save_every == 0) or done == o.steps:
             checkpoint(done)
+        if o.export_every and done % o.export_every == 0 and done != o.steps:
+            state = E.consolidated_state_dict(module, stage, rank)
+            if rank == 0:
+                module.save_pretrained(out / "snapshots" / f"step-{done:06d}", state_dict=state)
     bar.close()
     summary = {"family": family_name, "objective": o.objective, "steps": o.steps, "params": n_params,
                "final_loss": last.get("loss"), "wall_s": round(time.time() - t0, 1), "model": str(out / "model"),
