@@ -2,17 +2,21 @@
 # GFT vs CFG on the embedded shapes data, for one model family or all four, end to end:
 #   (a) train a CFG model and (b) a GFT model from scratch with identical budgets (preset, steps, batch, lr, data,
 #   seed); (c) GFT-fine-tune (a) with 5% of its steps; sweep (b) and (c) over β = 1/w and (a) over the CFG scale w
-#   (w ∈ {1, 1.25, 1.5, 2, 3, 4}), with bootstrap spreads; learning curves: (a) and (b) also trained for the step
-#   counts in CURVE and swept the same way. Writes docs/gft_vs_cfg/<family>/ and, with all families done,
-#   docs/gft_vs_cfg/summary.md + the per-family plots (scripts/experiment_summary.py).
+#   (w ∈ {1, 1.25, 1.5, 2, 3, 4}), with bootstrap spreads; learning curves: (a) and (b) export their weights at the
+#   step counts in CURVE (--export-every) and those snapshots are swept the same way; both also log the held-out
+#   loss with and without the class every STEPS/10 steps (val_cond_loss, val_null_loss: what the class is worth to
+#   the model). Writes docs/gft_vs_cfg/<family>/ and, with all families done, docs/gft_vs_cfg/summary.md + the
+#   per-family plots (scripts/experiment_summary.py).
 #
 #   bash scripts/experiment_gft_vs_cfg.sh                 # all four families, one after the other
 #   FAMILIES=llamagen bash scripts/experiment_gft_vs_cfg.sh
 #
 # Environment overrides (defaults in brackets; per-family defaults below): PYTHON [python], FAMILIES
 # [llamagen var masked mar], OUT [runs/gft_vs_cfg], DOCS [docs/gft_vs_cfg], PRESET, STEPS, LR, BATCH [64],
-# FT_STEPS [STEPS/20], FT_LR, CURVE [STEPS/4 STEPS/2], TRAIN_IMAGES [10000], N_PER_CLASS [100], SEED [0],
-# THREADS [0: torch's default].
+# FT_STEPS [STEPS/20], FT_LR, CURVE [STEPS/4 STEPS/2: multiples of STEPS/4], TRAIN_IMAGES [10000], N_PER_CLASS
+# [100], SEED [0], THREADS [0: torch's default], GFT_FLAGS [none: extra flags for the GFT runs, e.g.
+# "--beta-embed-lr 1" for the paper's single learning rate], PAPER [1: also train "gft-paper", GFT from scratch
+# with --beta-embed-lr 1, and sweep it beside the others; 0: skip it].
 # A finished phase leaves <run>/DONE and is skipped when the script runs again; sweeps resume too.
 set -euo pipefail
 
@@ -25,6 +29,8 @@ TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
 N_PER_CLASS=${N_PER_CLASS:-100}
 SEED=${SEED:-0}
 THREADS=${THREADS:-0}
+GFT_FLAGS=${GFT_FLAGS:-}
+PAPER=${PAPER:-1}
 BETAS="1 0.8 0.6667 0.5 0.3333 0.25"   # = 1/w for the CFG scales below
 SCALES="1 1.25 1.5 2 3 4"
 
@@ -67,31 +73,45 @@ for FAMILY in $FAMILIES; do
     DOCS="$DOCS_ROOT/$FAMILY"
     mkdir -p "$OUT" "$DOCS"
     TIMES="$OUT/timings.jsonl"
+    QUARTER=$(( STEPS_F / 4 > 0 ? STEPS_F / 4 : 1 ))
     COMMON=(--preset "$PRESET" --batch-size "$BATCH" --lr "$LR_F" --train-images "$TRAIN_IMAGES" --seed "$SEED"
-            --save-every 0 --keep-last 1 --threads "$THREADS")
+            --save-every 0 --keep-last 1 --threads "$THREADS" --val-fraction 0.05 --val-samples 500
+            --val-every $(( STEPS_F / 10 > 0 ? STEPS_F / 10 : 1 )) --export-every "$QUARTER")
     SWEEP=(--model "$FAMILY" --betas $BETAS --cfg-scales $SCALES --n-per-class "$N_PER_CLASS" --seed "$SEED"
            --resume --threads "$THREADS")
+    # shellcheck disable=SC2206
+    GFT_EXTRA=($GFT_FLAGS)
 
     phase "$FAMILY train-cfg" "$OUT/cfg" \
         "$PYTHON" "scripts/train_$FAMILY.py" --objective cfg --steps "$STEPS_F" "${COMMON[@]}" --out "$OUT/cfg"
     phase "$FAMILY train-gft" "$OUT/gft" \
-        "$PYTHON" "scripts/train_$FAMILY.py" --objective gft --steps "$STEPS_F" "${COMMON[@]}" --out "$OUT/gft"
+        "$PYTHON" "scripts/train_$FAMILY.py" --objective gft --steps "$STEPS_F" "${COMMON[@]}" "${GFT_EXTRA[@]}" \
+        --out "$OUT/gft"
+    PAPER_RUN=()
+    if [[ "$PAPER" == 1 ]]; then
+        phase "$FAMILY train-gft-paper" "$OUT/gft-paper" \
+            "$PYTHON" "scripts/train_$FAMILY.py" --objective gft --steps "$STEPS_F" "${COMMON[@]}" "${GFT_EXTRA[@]}" \
+            --beta-embed-lr 1 --out "$OUT/gft-paper"
+        PAPER_RUN=(--gft "gft-paper=$OUT/gft-paper/model")
+    fi
     phase "$FAMILY finetune-gft" "$OUT/gft-ft" \
         "$PYTHON" "scripts/train_$FAMILY.py" --objective gft --init-from "$OUT/cfg/model" --steps "$FT_STEPS_F" \
         --lr "$FT_LR_F" --warmup-steps 5 --batch-size "$BATCH" --train-images "$TRAIN_IMAGES" --seed "$SEED" \
-        --save-every 0 --keep-last 1 --threads "$THREADS" --out "$OUT/gft-ft"
+        --save-every 0 --keep-last 1 --threads "$THREADS" "${GFT_EXTRA[@]}" --out "$OUT/gft-ft"
     phase "$FAMILY sweep" "" \
         "$PYTHON" scripts/sweep.py "${SWEEP[@]}" --cfg "cfg=$OUT/cfg/model" --gft "gft-scratch=$OUT/gft/model" \
-        --gft "gft-finetune=$OUT/gft-ft/model" --out "$DOCS" --samples-dir "$OUT/samples"
-    for S in $CURVE_F; do  # learning curve: the same budgets but S steps (each its own cosine schedule)
-        for OBJ in cfg gft; do
-            phase "$FAMILY curve-$OBJ-$S" "$OUT/curve/$OBJ-$S" \
-                "$PYTHON" "scripts/train_$FAMILY.py" --objective "$OBJ" --steps "$S" "${COMMON[@]}" \
-                --out "$OUT/curve/$OBJ-$S"
-        done
+        "${PAPER_RUN[@]}" --gft "gft-finetune=$OUT/gft-ft/model" --out "$DOCS" --samples-dir "$OUT/samples"
+    for S in $CURVE_F; do  # learning curve: the runs' own snapshots at S steps
+        SNAP=$(printf 'snapshots/step-%06d' "$S")
+        if [[ ! -d "$OUT/cfg/$SNAP" || ! -d "$OUT/gft/$SNAP" ]]; then
+            echo "error: no snapshot at step $S in $OUT/cfg or $OUT/gft (CURVE values must be multiples of $QUARTER)" >&2
+            exit 2
+        fi
+        PAPER_SNAP=()
+        [[ "$PAPER" == 1 ]] && PAPER_SNAP=(--gft "gft-paper=$OUT/gft-paper/$SNAP")
         phase "$FAMILY curve-sweep-$S" "" \
-            "$PYTHON" scripts/sweep.py "${SWEEP[@]}" --cfg "cfg=$OUT/curve/cfg-$S/model" \
-            --gft "gft-scratch=$OUT/curve/gft-$S/model" --no-floors --out "$DOCS/curve-$S"
+            "$PYTHON" scripts/sweep.py "${SWEEP[@]}" --cfg "cfg=$OUT/cfg/$SNAP" --gft "gft-scratch=$OUT/gft/$SNAP" \
+            "${PAPER_SNAP[@]}" --no-floors --out "$DOCS/curve-$S"
     done
 done
 "$PYTHON" scripts/experiment_summary.py --docs "$DOCS_ROOT" --runs "$OUT_ROOT"

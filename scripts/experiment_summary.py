@@ -20,7 +20,8 @@ from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.eval.sweep import best_rows, comparison
 from gft_tokens.fs import atomic_file
 
-RUN_DIRS = {"cfg": "cfg", "gft-scratch": "gft", "gft-finetune": "gft-ft"}
+RUN_DIRS = {"cfg": "cfg", "gft-scratch": "gft", "gft-paper": "gft-paper", "gft-finetune": "gft-ft"}
+CURVE_RUNS = ("cfg", "gft-scratch", "gft-paper")  # the from-scratch runs
 
 
 def _train_seconds(runs: Path, family: str, run: str) -> float | None:
@@ -30,6 +31,16 @@ def _train_seconds(runs: Path, family: str, run: str) -> float | None:
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     times = [e["elapsed_s"] for e in entries if "elapsed_s" in e]
     return times[-1] if times else None
+
+
+def _class_value(runs: Path, family: str, run: str) -> list[dict]:
+    """The held-out ``val_null_loss − val_cond_loss`` of a run along its steps: what the class is worth to it."""
+    log = runs / family / RUN_DIRS.get(run, run) / "train_log.jsonl"
+    if not log.is_file():
+        return []
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [{"step": e["step"], "value": e["val_null_loss"] - e["val_cond_loss"], "val_cond_loss": e["val_cond_loss"]}
+            for e in entries if "val_null_loss" in e and "val_cond_loss" in e]
 
 
 def _pm(v, s, pct=False, digits=2):
@@ -53,8 +64,9 @@ def family_summary(docs: Path, runs: Path, family: str) -> dict | None:
             curve.append({"steps": int(d.name.split("-")[1]), "best": best_rows(curve_rows)})
     steps = json.loads((runs / family / "cfg" / "model" / "config.json").read_text()).get("preset") \
         if (runs / family / "cfg" / "model" / "config.json").is_file() else None
+    class_value = {run: v for run in CURVE_RUNS if (v := _class_value(runs, family, run))}
     return {"family": family, "preset": steps, "best": best, "checks": comparison(rows), "rows": rows, "curve": curve,
-            "train_s": {run: _train_seconds(runs, family, run) for run in best}}
+            "train_s": {run: _train_seconds(runs, family, run) for run in best}, "class_value": class_value}
 
 
 def markdown(summaries: list[dict]) -> str:
@@ -79,13 +91,26 @@ def markdown(summaries: list[dict]) -> str:
             lines.append(f"| {c['run']} | {c['fid_ratio']:.3f} | {c['fid_verdict']} | {c['acc_diff_points']:+.1f} | "
                          f"{c['acc_verdict']} | {c['nfe_ratio']:.2f} | {met} |")
         if s["curve"]:
-            lines += ["", "Learning curve (best-FID setting per model):", "",
-                      "| steps | CFG FID | CFG acc. % | GFT FID | GFT acc. % |", "|---|---|---|---|---|"]
-            for point in s["curve"]:
-                c, g = point["best"].get("cfg"), point["best"].get("gft-scratch")
+            runs = [r for r in CURVE_RUNS if any(r in p["best"] for p in s["curve"])]
+            lines += ["", "Learning curve (best-FID setting per model; the last row is the main sweep):", "",
+                      "| steps | " + " | ".join(f"{r} FID | {r} acc. %" for r in runs) + " |",
+                      "|---|" + "---|---|" * len(runs)]
+            final = max(p["steps"] for p in s["curve"]) * 2
+            for point in s["curve"] + [{"steps": final, "best": s["best"]}]:
                 cell = lambda r, k, pct=False: _pm(r[k], r.get(k + "_std"), pct=pct) if r else "–"  # noqa: E731
-                lines.append(f"| {point['steps']} | {cell(c, 'fid')} | {cell(c, 'class_accuracy', True)} | "
-                             f"{cell(g, 'fid')} | {cell(g, 'class_accuracy', True)} |")
+                lines.append(f"| {point['steps']} | " + " | ".join(
+                    f"{cell(point['best'].get(r), 'fid')} | {cell(point['best'].get(r), 'class_accuracy', True)}"
+                    for r in runs) + " |")
+        if s.get("class_value"):
+            runs = list(s["class_value"])
+            steps = sorted({e["step"] for v in s["class_value"].values() for e in v})
+            by = {r: {e["step"]: e for e in v} for r, v in s["class_value"].items()}
+            lines += ["", "What the class is worth to each model along training: held-out cross-entropy at the null "
+                      "class minus at the true class (β = 1), nats per token (×1000):", "",
+                      "| steps | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+            for st in steps:
+                lines.append(f"| {st} | " + " | ".join(
+                    f"{1000 * by[r][st]['value']:.1f}" if st in by[r] else "–" for r in runs) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -114,13 +139,29 @@ def plots(summaries: list[dict], docs: Path) -> None:
         fig.savefig(fh, format="png")
     plt.close(fig)
 
+    with_value = [s for s in summaries if s.get("class_value")]
+    if with_value:
+        fig, axes = plt.subplots(1, len(with_value), figsize=(4.2 * len(with_value), 3.6), dpi=120, squeeze=False)
+        for ax, s in zip(axes[0], with_value):
+            for run, v in s["class_value"].items():
+                ax.plot([e["step"] for e in v], [1000 * e["value"] for e in v], marker="o", label=run)
+            ax.set_title(s["family"])
+            ax.set_xlabel("training steps")
+            ax.set_ylabel("CE(null) − CE(class), mnats / token")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_file(docs / "class_value.png") as fh:
+            fig.savefig(fh, format="png")
+        plt.close(fig)
+
     with_curve = [s for s in summaries if s["curve"]]
     if not with_curve:
         return
     fig, axes = plt.subplots(2, len(with_curve), figsize=(4.2 * len(with_curve), 6.4), dpi=120, squeeze=False)
     for col, s in enumerate(with_curve):
         points = s["curve"] + [{"steps": max(p["steps"] for p in s["curve"]) * 2, "best": s["best"]}]
-        for run in ("cfg", "gft-scratch"):
+        for run in CURVE_RUNS:
             pts = [(p["steps"], p["best"][run]) for p in points if run in p["best"]]
             for row, key, scale in ((0, "fid", 1), (1, "class_accuracy", 100)):
                 axes[row][col].errorbar([x for x, _ in pts], [scale * r[key] for _, r in pts],
@@ -137,6 +178,7 @@ def plots(summaries: list[dict], docs: Path) -> None:
     with atomic_file(docs / "learning_curves.png") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
+
 
 
 @cli_main
