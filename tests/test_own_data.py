@@ -304,6 +304,15 @@ def test_beta_embed_lr_puts_the_beta_embedder_in_its_own_groups():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_beta_embed_lr_default_is_a_tenth_from_scratch_and_one_for_a_fine_tune():
+    from gft_tokens.train.loop import TrainOptions, beta_embed_lr
+
+    assert beta_embed_lr(TrainOptions()) == 0.1
+    assert beta_embed_lr(TrainOptions(init_from="runs/cfg/model")) == 1.0
+    assert beta_embed_lr(TrainOptions(beta_embed_lr=1.0)) == 1.0  # the paper's single rate, one flag away
+    assert beta_embed_lr(TrainOptions(init_from="x", beta_embed_lr=0.5)) == 0.5
+
+
 def test_val_data_and_val_fraction_together_are_refused(tmp_path):
     from gft_tokens.train.loop import TrainOptions, train
 

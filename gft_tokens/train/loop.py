@@ -61,9 +61,10 @@ class TrainOptions:
     beta2: float = opt(0.95, "AdamW beta2", min=0, lt=1)
     grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)", min=0)
     drop_prob: float = opt(0.1, "probability of training a sample at the null class", min=0, lt=1)
-    beta_embed_lr: float = opt(1.0, "learning-rate multiplier of the β embedder (GFT); 1 = the paper's one rate for "
-                                    "every parameter. Below 1 keeps the β embedding from drowning the class "
-                                    "embedding when training from scratch at a high rate (docs/gft_vs_cfg)", gt=0, max=1)
+    beta_embed_lr: float | None = opt(None, "learning-rate multiplier of the β embedder (GFT); 1 = the paper's one "
+                                            "rate for every parameter. Default: 0.1 from scratch, where at the full "
+                                            "rate the β embedding outgrows the class embedding and the class is "
+                                            "learned far later (docs/gft_vs_cfg); 1 with --init-from", gt=0, max=1)
     zero_stage: int | None = opt(None, "ZeRO stage 0-3 (selects configs/deepspeed/zero{N}.json; default 1)", choices=(0, 1, 2, 3))
     ds_config: str | None = opt(None, "DeepSpeed JSON config file (overrides --zero-stage's file)")
     bf16: bool = opt(False, "train in bfloat16")
@@ -83,6 +84,17 @@ class TrainOptions:
     log_every: int = opt(10, "write a loss line every N steps", min=1)
     threads: int = opt(0, "torch CPU threads per process (0: leave the default)", min=0, max=4096)
     model: dict = opt({}, "model config overrides (YAML only), e.g. {token_dropout_p: 0.0}")
+
+
+SCRATCH_BETA_EMBED_LR = 0.1
+
+
+def beta_embed_lr(o: "TrainOptions") -> float:
+    """The β embedder's learning-rate multiplier: ``--beta-embed-lr`` when given, else 0.1 from scratch and 1 (the
+    paper's single rate) for a fine-tune (``--init-from``), whose class embedding is already trained."""
+    if o.beta_embed_lr is not None:
+        return o.beta_embed_lr
+    return 1.0 if o.init_from else SCRATCH_BETA_EMBED_LR
 
 
 RESUME_KEYS = ("preset", "objective", "tokenizer", "data", "train_images", "batch_size", "grad_accum", "seed", "model",
@@ -371,7 +383,7 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         torch.distributed.all_reduce(held)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
-        model_parameters=E.param_groups(model, o.weight_decay, o.lr, o.beta_embed_lr),
+        model_parameters=E.param_groups(model, o.weight_decay, o.lr, beta_embed_lr(o)),
         optimizer=lambda params: torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2)),
         lr_scheduler=lambda opt_: torch.optim.lr_scheduler.LambdaLR(opt_, _lr_lambda(o)),
         config=ds_cfg,
@@ -410,6 +422,9 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     log(f"{family_name} {module.config.preset or ''}: {n_params / 1e6:.2f}M params, objective {o.objective}, "
         f"ZeRO-{stage}, {world} process(es), global batch {global_bs}, {source}, {o.steps} steps")
     log(f"parameters held per rank: {held.tolist()} (of {n_params})")
+    if getattr(module, "beta_embedder", None) is not None:
+        log(f"β embedder at {beta_embed_lr(o):g} × the learning rate"
+            + (" (--beta-embed-lr 1 for the paper's single rate)" if beta_embed_lr(o) != 1 else ""))
     log(f"dataset {dataset['name']}: {num_classes} classes ({', '.join(dataset['class_names'][:10])}"
         f"{' …' if num_classes > 10 else ''}); flips {'on' if o.flip else 'off'}; validation: "
         + (f"{len(val[0])} samples every {o.val_every} steps" if val is not None else "none"))
