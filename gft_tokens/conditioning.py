@@ -180,16 +180,27 @@ class Caption:
 
 class CaptionEmbedder(nn.Module):
     """LlamaGen's t2i caption embedder: text features (B, L, C) → MLP (``cap_proj.fc1``, GELU-tanh, ``fc2``) →
-    (B, L, D); a dropped row is replaced by the learned null caption ``uncond_embedding`` (L, C) before the MLP,
-    and its mask becomes all True (the null caption is one fixed sequence, whatever the dropped caption's length)."""
+    (B, L, D); a dropped row is replaced by the learned null caption ``uncond_embedding`` (L, C) before the MLP.
 
-    def __init__(self, caption_dim: int, dim: int, token_num: int, std: float = 0.02):
+    ``null_mask``: the padding mask of a dropped row. ``"full"`` (default): all True, the null caption is one fixed
+    sequence whatever the dropped caption's length. ``"caption"`` (LlamaGen's released t2i models): the row keeps its
+    caption's mask, as LlamaGen's training (the dataset's mask stays when the caption is dropped) and its CFG
+    sampling (the null half takes the captions' ``emb_masks``) do. ``bias``: biases in the MLP (LlamaGen's have
+    none; this toolkit's default has them)."""
+
+    NULL_MASKS = ("full", "caption")
+
+    def __init__(self, caption_dim: int, dim: int, token_num: int, std: float = 0.02, bias: bool = True,
+                 null_mask: str = "full"):
         super().__init__()
-        self.caption_dim, self.token_num = caption_dim, token_num
+        if null_mask not in self.NULL_MASKS:
+            raise GFTError(f"null caption mask must be one of {', '.join(map(repr, self.NULL_MASKS))}, got "
+                           f"{null_mask!r}")
+        self.caption_dim, self.token_num, self.null_mask = caption_dim, token_num, null_mask
         self.cap_proj = nn.Sequential()
-        self.cap_proj.add_module("fc1", Linear(caption_dim, dim, bias=True, std=std))
+        self.cap_proj.add_module("fc1", Linear(caption_dim, dim, bias=bias, std=std))
         self.cap_proj.add_module("act", nn.GELU(approximate="tanh"))
-        self.cap_proj.add_module("fc2", Linear(dim, dim, bias=True, std=std))
+        self.cap_proj.add_module("fc2", Linear(dim, dim, bias=bias, std=std))
         self.uncond_embedding = nn.Parameter(torch.randn(token_num, caption_dim) / caption_dim ** 0.5)
 
     def forward(self, caption: Caption) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,5 +212,7 @@ class CaptionEmbedder(nn.Module):
         w = self.uncond_embedding
         drop = caption.drop.to(w.device)
         feats = torch.where(drop[:, None, None], w.expand(b, -1, -1), caption.features.to(w.device, w.dtype))
-        mask = caption.mask.to(w.device) | drop[:, None]
+        mask = caption.mask.to(w.device)
+        if self.null_mask == "full":
+            mask = mask | drop[:, None]
         return self.cap_proj(feats), mask

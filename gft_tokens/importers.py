@@ -25,12 +25,13 @@ from .errors import GFTError
 from .fs import check_replaceable
 from .families.llamagen.importer import GPT_IMPORTER, VQ_IMPORTER
 from .families.mar.importer import KL16_IMPORTER, MAR_IMPORTER
+from .families.t2i.importer import T2I_IMPORTER
 from .families.var.importer import VAR_IMPORTER, VQVAE_IMPORTER
 from .importing import Converted, Importer, extract_state_dict, load_checkpoint_file
 from .pretrained import check_state_dict
 
-IMPORTERS: dict[str, Importer] = {i.name: i for i in (GPT_IMPORTER, VQ_IMPORTER, VAR_IMPORTER, VQVAE_IMPORTER,
-                                                      MAR_IMPORTER, KL16_IMPORTER)}
+IMPORTERS: dict[str, Importer] = {i.name: i for i in (GPT_IMPORTER, VQ_IMPORTER, T2I_IMPORTER, VAR_IMPORTER,
+                                                      VQVAE_IMPORTER, MAR_IMPORTER, KL16_IMPORTER)}
 
 
 def register_importer(importer: Importer) -> None:

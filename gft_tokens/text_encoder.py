@@ -60,6 +60,38 @@ def build_shapes_t5(out: str | os.PathLike, **recipe) -> Path:
     return out
 
 
+MODEL_TYPES = ("t5", "mt5", "umt5", "clip_text_model", "clip")
+
+
+def _read_config(path: str):
+    """The transformers config of the local text encoder at ``path`` (refused unless a T5 or CLIP text model)."""
+    from transformers import AutoConfig
+
+    if not Path(path, "config.json").is_file():
+        raise GFTError(f"text encoder {path} is not a directory with a config.json (a local T5 or CLIP text "
+                       "model; nothing is downloaded)")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise GFTError(f"text encoder {path}: unreadable config ({exc})") from None
+    if config.model_type not in MODEL_TYPES:
+        raise GFTError(f"text encoder {path} has model_type {config.model_type!r}; a T5 or CLIP text model is "
+                       f"needed ({', '.join(MODEL_TYPES)})")
+    return config
+
+
+def describe_text_encoder(path: str | os.PathLike, max_length: int) -> dict:
+    """What :meth:`TextEncoder.describe` records, read from the directory's config.json alone (no weights loaded:
+    an importer checks a FLAN-T5-XL's width without reading its gigabytes)."""
+    path = str(path)
+    config = _read_config(path)
+    if config.model_type == "clip":
+        config = config.text_config
+    width = int(getattr(config, "d_model", None) or config.hidden_size)
+    kind = "clip" if "clip" in config.model_type else "t5"
+    return {"path": path, "type": kind, "hidden_size": width, "max_length": int(max_length)}
+
+
 class TextEncoder:
     """A frozen local T5 encoder or CLIP text model with its tokenizer: ``encode(prompts) -> (features, mask)``."""
 
@@ -69,21 +101,12 @@ class TextEncoder:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, max_length: int | None = None) -> "TextEncoder":
-        from transformers import AutoConfig, AutoTokenizer, CLIPTextModel, T5EncoderModel
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
         path = str(path)
-        if not Path(path, "config.json").is_file():
-            raise GFTError(f"text encoder {path} is not a directory with a config.json (a local T5 or CLIP text "
-                           "model; nothing is downloaded)")
-        try:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise GFTError(f"text encoder {path}: unreadable config ({exc})") from None
+        config = _read_config(path)
         kinds = {"t5": T5EncoderModel, "mt5": T5EncoderModel, "umt5": T5EncoderModel,
                  "clip_text_model": CLIPTextModel, "clip": CLIPTextModel}
-        if config.model_type not in kinds:
-            raise GFTError(f"text encoder {path} has model_type {config.model_type!r}; a T5 or CLIP text model is "
-                           f"needed ({', '.join(kinds)})")
         from transformers.utils import logging as hf_logging
 
         shown = hf_logging.is_progress_bar_enabled()

@@ -3,6 +3,8 @@
 
     python scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 c2i_3B_384.pt models/llamagen-3b
     python scripts/import_checkpoint.py --format llamagen-vq --image-size 384 vq_ds16_c2i.pt tokenizers/llamagen-vq16
+    python scripts/import_checkpoint.py --format llamagen-t2i --grid-size 16 --text-encoder t5-ckpt/flan-t5-xl \
+        t2i_XL_stage1_256.pt models/llamagen-t2i-xl            # text-to-image; FLAN-T5-XL from a local directory
     python scripts/import_checkpoint.py --format llamagen-gpt --grid-size 24 --tokenizer tokenizers/llamagen-vq16 \\
         LlamaGen3B_GF.pt models/llamagen-3b-gft                      # a GFT checkpoint: its β embedder is kept
     python scripts/import_checkpoint.py --format var-vqvae vae_ch160v4096z32.pth tokenizers/var-vqvae
@@ -29,7 +31,8 @@ from gft_tokens.importers import IMPORTERS, import_checkpoint
 
 # CLI flag → importer option; a flag is passed on only when given, and a format refuses options it does not take
 OPTION_FLAGS = {"grid_size": int, "image_size": int, "preset": str, "n_head": int, "tokenizer": str, "vqvae": str,
-                "scales": str, "cls_token_num": int, "class_dropout_prob": float, "num_sampling_steps": int}
+                "scales": str, "cls_token_num": int, "class_dropout_prob": float, "num_sampling_steps": int,
+                "text_encoder": str}
 
 
 @cli_main
@@ -42,7 +45,8 @@ def main(argv=None):
     parser.add_argument("out", help="output directory (written atomically)")
     parser.add_argument("--key", help="container key holding the state dict (default: 'model', 'module', "
                                       "'state_dict' or the whole file)")
-    parser.add_argument("--grid-size", type=positive(int), help="llamagen-gpt: token grid side (16 for 256px, 24 for 384px)")
+    parser.add_argument("--grid-size", type=positive(int), help="llamagen-gpt, llamagen-t2i: token grid side (16 for 256px, 24 for "
+                                                              "384px, 32 for 512px)")
     parser.add_argument("--image-size", type=positive(int), help="llamagen-vq, var-vqvae, mar-kl16: image side the tokenizer "
                                                        "is used at (var-vqvae: picks VAR's scale schedule)")
     parser.add_argument("--scales", help="var-vqvae: scale schedule, comma-separated (default: VAR's for the image "
@@ -56,13 +60,17 @@ def main(argv=None):
     parser.add_argument("--class-dropout-prob", type=bounded(float, min=0, lt=1),
                         help="llamagen-gpt: the training class dropout; 0 means the class table has no null row "
                              "(read from the training args when present; default: LlamaGen's 0.1)")
-    parser.add_argument("--preset", help="llamagen-gpt, mar: model preset (default: from the training args or the "
-                                         "shapes)")
-    parser.add_argument("--n-head", type=positive(int), help="llamagen-gpt, mar: attention heads of a size that fits no preset")
+    parser.add_argument("--preset", help="llamagen-gpt, llamagen-t2i, mar: model preset (default: from the "
+                                         "training args or the shapes)")
+    parser.add_argument("--n-head", type=positive(int), help="llamagen-gpt, llamagen-t2i, mar: attention heads of a size that "
+                                                             "fits no preset")
     parser.add_argument("--beta-embed", action=argparse.BooleanOptionalAction, default=None,
-                        help="llamagen-gpt, var: add a zero-initialised β embedder when the checkpoint has none "
+                        help="llamagen-gpt, llamagen-t2i, var: add a zero-initialised β embedder when the checkpoint has none "
                              "(default: yes; --no-beta-embed imports a plain CFG model; also mar)")
-    parser.add_argument("--tokenizer", help="llamagen-gpt, var: tokenizer directory to record in the model")
+    parser.add_argument("--tokenizer", help="llamagen-gpt, llamagen-t2i, var: tokenizer directory to record in the "
+                                            "model")
+    parser.add_argument("--text-encoder", help="llamagen-t2i: local text-encoder directory (FLAN-T5-XL) to record in "
+                                               "the model; its width must be the checkpoint's caption width")
     parser.add_argument("--vqvae", help="var: the released VQVAE file whose codebook and φ convs build the inputs")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files")
     args = parser.parse_args(argv)

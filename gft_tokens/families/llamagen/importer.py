@@ -51,7 +51,8 @@ def _need(state: dict, key: str, what: str) -> torch.Tensor:
 def gpt_dims(state: dict[str, torch.Tensor]) -> dict:
     """Sizes readable from a LlamaGen c2i GPT state dict's shapes."""
     if any(k.startswith("cls_embedding.cap_proj") for k in state):
-        raise GFTError("this is a text-to-image (t2i) LlamaGen checkpoint; only class-conditional (c2i) ones import")
+        raise GFTError("this is a text-to-image (t2i) LlamaGen checkpoint (it has cls_embedding.cap_proj); "
+                       "import it with --format llamagen-t2i")
     tok = _need(state, "tok_embeddings.weight", "LlamaGen c2i GPT")
     cls = _need(state, "cls_embedding.embedding_table.weight", "LlamaGen c2i GPT")
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
@@ -80,14 +81,6 @@ def fitting_presets(dims: dict) -> list[str]:
 def _describe(dims: dict) -> str:
     return (f"n_layer {dims['n_layer']}, dim {dims['dim']}, FFN {dims['ffn_hidden']}, vocab {dims['vocab_size']}, "
             f"{dims['num_classes']} classes")
-
-
-def _expected_shapes(config) -> dict[str, tuple]:
-    from .model import LlamaGen
-
-    with torch.device("meta"):
-        model = LlamaGen(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _tokenizer_record(tokenizer: str | None, vocab: int, grid: int) -> dict:
@@ -135,6 +128,52 @@ def _from_args(recorded: dict | None) -> dict:
     return out
 
 
+def with_beta_embedder(state: dict, config, beta_embed: bool, notes: list[str]) -> dict:
+    """``state`` with a GFT checkpoint's ``t_embedder.*`` renamed to ``beta_embedder.*``, or (``beta_embed`` and none
+    there) a fresh β embedder whose output layer is zero, so the model equals the checkpoint at every β."""
+    from ...conditioning import BetaEmbedder
+
+    beta_keys = {k: v for k, v in state.items() if k.startswith("t_embedder.")}
+    state = {k: v for k, v in state.items() if not k.startswith("t_embedder.")}
+    if beta_keys:
+        if not beta_embed:
+            raise GFTError("the checkpoint has a GFT β embedder (t_embedder.*); import it with beta_embed "
+                           "(drop --no-beta-embed)")
+        state.update({"beta_embedder." + k[len("t_embedder."):]: v for k, v in beta_keys.items()})
+        notes.append("β embedder imported from the GFT checkpoint's t_embedder")
+    elif beta_embed:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            emb = BetaEmbedder(config.dim, config.beta_freq_dim, std=config.initializer_range)
+        state.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
+        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at every β)")
+    return state
+
+
+def check_shapes(model_class, config, state: dict, described: str, fits: list[str]) -> None:
+    """Refuse ``state`` unless its keys and shapes are those of ``model_class(config)`` (built on the meta device),
+    naming the differing, missing and unexpected keys and the presets the checkpoint fits."""
+    with torch.device("meta"):
+        model = model_class(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = [f"{k} {tuple(state[k].shape)} (preset wants {expected[k]})"
+              for k in sorted(expected.keys() & state.keys()) if tuple(state[k].shape) != expected[k]]
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if differ or missing or unexpected:
+        parts = []
+        if differ:
+            parts.append(f"{len(differ)} keys differ in shape: " + "; ".join(differ[:4]))
+        if missing:
+            parts.append(f"missing: {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
+        if unexpected:
+            parts.append(f"unexpected: {', '.join(unexpected[:4])}"
+                         + (f" (+{len(unexpected) - 4})" if len(unexpected) > 4 else ""))
+        fit = f"it fits preset {', '.join(fits)}" if fits else "it fits no preset"
+        raise GFTError(f"checkpoint ({described}) does not match {config.preset or 'the given size'}: "
+                       + " | ".join(parts) + f"; {fit}")
+
+
 def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None = None, preset: str | None = None,
                          n_head: int | None = None, beta_embed: bool = True, tokenizer: str | None = None,
                          cls_token_num: int | None = None, class_dropout_prob: float | None = None,
@@ -142,7 +181,6 @@ def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None =
     """``recorded``: the file's training args (a dict), which fill grid size, preset (hence n_head),
     cls_token_num, class dropout and num_classes; an explicit option that contradicts them is refused."""
     from .model import PRESETS, LlamaGen, LlamaGenConfig
-    from ...conditioning import BetaEmbedder
 
     notes = []
     found = _from_args(recorded)
@@ -246,38 +284,8 @@ def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None =
                                    if "multiple_of" not in v)
                        + ". For a custom size pass n_head (--n-head)")
 
-    beta_keys = {k: v for k, v in state.items() if k.startswith("t_embedder.")}
-    state = {k: v for k, v in state.items() if not k.startswith("t_embedder.")}
-    if beta_keys:
-        if not beta_embed:
-            raise GFTError("the checkpoint has a GFT β embedder (t_embedder.*); import it with beta_embed "
-                           "(drop --no-beta-embed)")
-        state.update({"beta_embedder." + k[len("t_embedder."):]: v for k, v in beta_keys.items()})
-        notes.append("β embedder imported from the GFT checkpoint's t_embedder")
-    elif beta_embed:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            emb = BetaEmbedder(config.dim, config.beta_freq_dim, std=config.initializer_range)
-        state.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
-        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at every β)")
-
-    expected = _expected_shapes(config)
-    differ = [f"{k} {tuple(state[k].shape)} (preset wants {expected[k]})"
-              for k in sorted(expected.keys() & state.keys()) if tuple(state[k].shape) != expected[k]]
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    if differ or missing or unexpected:
-        parts = []
-        if differ:
-            parts.append(f"{len(differ)} keys differ in shape: " + "; ".join(differ[:4]))
-        if missing:
-            parts.append(f"missing: {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
-        if unexpected:
-            parts.append(f"unexpected: {', '.join(unexpected[:4])}"
-                         + (f" (+{len(unexpected) - 4})" if len(unexpected) > 4 else ""))
-        fit = f"it fits preset {', '.join(fits)}" if fits else "it fits no preset"
-        raise GFTError(f"checkpoint ({_describe(dims)}) does not match {config.preset or 'the given size'}: "
-                       + " | ".join(parts) + f"; {fit}")
+    state = with_beta_embedder(state, config, beta_embed, notes)
+    check_shapes(LlamaGen, config, state, _describe(dims), fits)
     return Converted(LlamaGen, config, state, notes)
 
 

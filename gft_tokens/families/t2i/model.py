@@ -4,8 +4,14 @@ The prefix is ``caption_len`` positions (``cls_token_num``) of caption embedding
 → :class:`~gft_tokens.conditioning.CaptionEmbedder` (MLP; the learned null caption for dropped rows) [+ the
 zero-initialised β embedding at every prefix position, for GFT] → (B, L, D). Captions are left-padded; attention
 is causal, and no position attends to a padded caption position except that position itself (so padded
-positions change nothing, and each still has one key to attend to). The prefix has no RoPE rotation (its rows of
-the 2D table are the identity), as LlamaGen's class/caption tokens; image tokens follow in raster order.
+positions change nothing, and each still has one key to attend to), exactly LlamaGen's t2i mask. The prefix
+positions read the zero rows of the 2D RoPE table (their queries and keys are zero, as LlamaGen's caption tokens);
+image tokens follow in raster order.
+
+Two config fields reproduce LlamaGen's released t2i network (``llamagen-t2i`` import) while the defaults stay this
+toolkit's: ``caption_bias`` (False: the caption MLP has no biases, as LlamaGen's) and ``null_caption_mask``
+(``"caption"``: a dropped caption, in training and in CFG's null half, keeps its caption's padding mask, as
+LlamaGen's; ``"full"``, the default: the null caption is visible at every position).
 
 Training uses the inherited :meth:`forward` / :meth:`head_inputs` with a :class:`~gft_tokens.conditioning.Caption`
 as the condition; sampling uses :meth:`prefill` (returns the logits and the prefix mask) then :meth:`decode` with
@@ -27,9 +33,15 @@ from ..llamagen.model import PRESETS, LlamaGen, LlamaGenConfig
 class T2IConfig(LlamaGenConfig):
     model_type = "gft_t2i"
 
-    def __init__(self, caption_dim: int = 64, caption_len: int = 16, text_encoder: dict | None = None, **kwargs):
+    def __init__(self, caption_dim: int = 64, caption_len: int = 16, text_encoder: dict | None = None,
+                 caption_bias: bool = True, null_caption_mask: str = "full", **kwargs):
         self.caption_dim, self.caption_len = int(caption_dim), int(caption_len)
         self.text_encoder = text_encoder  # what the captions were encoded with: path, type, hidden_size, max_length
+        self.caption_bias = bool(caption_bias)  # biases in the caption MLP (LlamaGen's released t2i: none)
+        self.null_caption_mask = null_caption_mask  # "full" | "caption" (LlamaGen's): a dropped row's padding mask
+        if null_caption_mask not in CaptionEmbedder.NULL_MASKS:
+            raise GFTError(f"null_caption_mask must be one of {', '.join(map(repr, CaptionEmbedder.NULL_MASKS))}, "
+                           f"got {null_caption_mask!r}")
         kwargs["cls_token_num"] = self.caption_len
         kwargs.setdefault("num_classes", 0)
         super().__init__(**kwargs)
@@ -61,7 +73,8 @@ class T2ILlamaGen(LlamaGen):
     def __init__(self, config: T2IConfig):
         super().__init__(config)
         self.cls_embedding = CaptionEmbedder(config.caption_dim, config.dim, config.caption_len,
-                                             std=config.initializer_range)
+                                             std=config.initializer_range, bias=config.caption_bias,
+                                             null_mask=config.null_caption_mask)
 
     @property
     def null_class(self):

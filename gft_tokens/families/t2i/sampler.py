@@ -1,7 +1,9 @@
 """Sampling a text-to-image LlamaGen: the caption prefix into a static KV cache, then one token per step.
 
 GFT (``beta``): one pass of B rows per token. CFG (``cfg_scale`` w): B caption rows + B null-caption rows (β = 1) as
-one 2B batch, mixed as ``u + w·(c − u)``; the drawn token is fed to both halves. ``cfg_scale=1``: one pass.
+one 2B batch, mixed as ``u + w·(c − u)``; the drawn token is fed to both halves. ``cfg_scale=1``: one pass. The null
+rows are the captions marked dropped, so they carry the captions' padding masks: the embedder makes them all
+visible (``null_caption_mask`` "full", the default) or keeps them (``"caption"``, LlamaGen's generate.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def sample(model, captions: Caption, *, beta=None, cfg_scale: float | None = Non
         beta, cfg_scale = resolve_guidance(bsz, beta, cfg_scale, model.beta_embedder is not None, device)
         cfg = cfg_scale is not None
         if cfg:
-            captions = captions.cat(Caption.null(bsz, c.caption_len, c.caption_dim, device))
+            captions = captions.cat(captions.with_dropped(torch.ones(bsz, dtype=torch.bool, device=device)))
             if beta is not None:
                 beta = torch.cat([beta, torch.ones_like(beta)])
         rows = len(captions)
