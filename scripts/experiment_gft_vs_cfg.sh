@@ -108,7 +108,11 @@ for FAMILY in $FAMILIES; do
             exit 2
         fi
         PAPER_SNAP=()
-        [[ "$PAPER" == 1 ]] && PAPER_SNAP=(--gft "gft-paper=$OUT/gft-paper/$SNAP")
+        # the paper-setting run joins the curve when it has the snapshot (a run trained without --export-every,
+        # e.g. one copied in from elsewhere, is swept at its end only)
+        if [[ "$PAPER" == 1 && -d "$OUT/gft-paper/$SNAP" ]]; then
+            PAPER_SNAP=(--gft "gft-paper=$OUT/gft-paper/$SNAP")
+        fi
         phase "$FAMILY curve-sweep-$S" "" \
             "$PYTHON" scripts/sweep.py "${SWEEP[@]}" --cfg "cfg=$OUT/cfg/$SNAP" --gft "gft-scratch=$OUT/gft/$SNAP" \
             "${PAPER_SNAP[@]}" --no-floors --out "$DOCS/curve-$S"

@@ -39,9 +39,10 @@ ANCHORS = {
     "train_t2i.py": ["--preset", "NO-SUCH-PRESET"],
     "samples_to_npz.py": ["missing-folder", "--out", "npz-out/samples.npz"],
     "experiment_summary.py": ["--docs", "missing-docs"],
+    "inspect_condition.py": ["--ckpt", "missing/model"],
 }
 HUGE = {int: str(10**12), float: "1e308"}
-NO_NUMERIC_OPTIONS = {"experiment_summary.py"}  # folders and names only
+NO_NUMERIC_OPTIONS = {"experiment_summary.py", "inspect_condition.py"}  # folders and names only
 NUMERIC_VALUES = ("0", "-1", "nan", "inf", "HUGE", "abc")
 
 
