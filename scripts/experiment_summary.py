@@ -43,6 +43,16 @@ def _class_value(runs: Path, family: str, run: str) -> list[dict]:
             for e in entries if "val_null_loss" in e and "val_cond_loss" in e]
 
 
+def _last_step(runs: Path, family: str, run: str) -> int | None:
+    """The last optimizer step in a run's log (the main sweep's point of the learning curve)."""
+    log = runs / family / RUN_DIRS.get(run, run) / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    steps = [json.loads(line).get("step") for line in log.read_text().splitlines() if line.strip()]
+    steps = [x for x in steps if isinstance(x, int)]
+    return max(steps) if steps else None
+
+
 def _pm(v, s, pct=False, digits=2):
     if v is None:
         return "–"
@@ -65,8 +75,10 @@ def family_summary(docs: Path, runs: Path, family: str) -> dict | None:
     steps = json.loads((runs / family / "cfg" / "model" / "config.json").read_text()).get("preset") \
         if (runs / family / "cfg" / "model" / "config.json").is_file() else None
     class_value = {run: v for run in CURVE_RUNS if (v := _class_value(runs, family, run))}
+    final_steps = _last_step(runs, family, "cfg") or (max(p["steps"] for p in curve) * 2 if curve else None)
     return {"family": family, "preset": steps, "best": best, "checks": comparison(rows), "rows": rows, "curve": curve,
-            "train_s": {run: _train_seconds(runs, family, run) for run in best}, "class_value": class_value}
+            "train_s": {run: _train_seconds(runs, family, run) for run in best}, "class_value": class_value,
+            "final_steps": final_steps}
 
 
 def markdown(summaries: list[dict]) -> str:
@@ -95,7 +107,7 @@ def markdown(summaries: list[dict]) -> str:
             lines += ["", "Learning curve (best-FID setting per model; the last row is the main sweep):", "",
                       "| steps | " + " | ".join(f"{r} FID | {r} acc. %" for r in runs) + " |",
                       "|---|" + "---|---|" * len(runs)]
-            final = max(p["steps"] for p in s["curve"]) * 2
+            final = s["final_steps"]
             for point in s["curve"] + [{"steps": final, "best": s["best"]}]:
                 cell = lambda r, k, pct=False: _pm(r[k], r.get(k + "_std"), pct=pct) if r else "–"  # noqa: E731
                 lines.append(f"| {point['steps']} | " + " | ".join(
@@ -160,7 +172,7 @@ def plots(summaries: list[dict], docs: Path) -> None:
         return
     fig, axes = plt.subplots(2, len(with_curve), figsize=(4.2 * len(with_curve), 6.4), dpi=120, squeeze=False)
     for col, s in enumerate(with_curve):
-        points = s["curve"] + [{"steps": max(p["steps"] for p in s["curve"]) * 2, "best": s["best"]}]
+        points = s["curve"] + [{"steps": s["final_steps"], "best": s["best"]}]
         for run in CURVE_RUNS:
             pts = [(p["steps"], p["best"][run]) for p in points if run in p["best"]]
             for row, key, scale in ((0, "fid", 1), (1, "class_accuracy", 100)):
