@@ -105,6 +105,41 @@ def _custom_multiple_of(dim: int, hidden: int) -> int:
     raise GFTError(f"FFN width {hidden} is not LlamaGen's SwiGLU width for dim {dim} at any multiple_of")
 
 
+def sized_config(config_cls, dims: dict, preset: str | None, n_head: int | None, fits: list[str], common: dict,
+                 notes: list[str], describe=None):
+    """The config of a LlamaGen-layout checkpoint (``config_cls``: the c2i or t2i config): ``preset`` when given,
+    else a custom size from ``n_head``, else the one preset that fits the weights' shapes (``fits``)."""
+    from .model import PRESETS
+
+    describe = describe or _describe
+    if preset is not None:
+        if preset not in PRESETS:
+            raise GFTError(f"unknown LlamaGen preset {preset!r}; known: {', '.join(PRESETS)}")
+        config = config_cls(**{**PRESETS[preset], "preset": preset, **common})
+        if n_head is not None and n_head != config.n_head:
+            raise GFTError(f"preset {preset} has n_head {config.n_head}, not {n_head}")
+    elif n_head is not None:
+        if dims["dim"] % n_head:
+            raise GFTError(f"dim {dims['dim']} is not divisible by n_head {n_head}")
+        head_dim = dims["dim"] // n_head
+        kv = (dims["qkv_rows"] // head_dim - n_head) // 2
+        config = config_cls(dim=dims["dim"], n_layer=dims["n_layer"], n_head=n_head,
+                            n_kv_head=None if kv == n_head else kv,
+                            multiple_of=_custom_multiple_of(dims["dim"], dims["ffn_hidden"]), **common)
+        notes.append(f"custom size: {describe(dims)}, n_head {n_head}")
+    elif len(fits) == 1:
+        preset = fits[0]
+        config = config_cls(**{**PRESETS[preset], "preset": preset, **common})
+        notes.append(f"detected preset {preset} ({describe(dims)})")
+    else:
+        raise GFTError(f"no LlamaGen preset fits this checkpoint ({describe(dims)}); presets: "
+                       + ", ".join(f"{k} (n_layer {v['n_layer']}, dim {v['dim']})" for k, v in PRESETS.items()
+                                   if "multiple_of" not in v)
+                       + ". For a custom size pass n_head (--n-head)")
+
+    return config
+
+
 def recorded_args(obj) -> dict | None:
     """The ``args`` Namespace LlamaGen's (and GFT's) training scripts store beside the weights, as a dict."""
     args = obj.get("args") if isinstance(obj, dict) else None
@@ -259,30 +294,7 @@ def convert_llamagen_gpt(state: dict[str, torch.Tensor], grid_size: int | None =
     common = dict(vocab_size=dims["vocab_size"], num_classes=dims["num_classes"], grid_size=grid_size,
                   beta_embed=beta_embed, tokenizer=_tokenizer_record(tokenizer, dims["vocab_size"], grid_size),
                   **extra)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise GFTError(f"unknown LlamaGen preset {preset!r}; known: {', '.join(PRESETS)}")
-        config = LlamaGenConfig(**{**PRESETS[preset], "preset": preset, **common})
-        if n_head is not None and n_head != config.n_head:
-            raise GFTError(f"preset {preset} has n_head {config.n_head}, not {n_head}")
-    elif n_head is not None:
-        if dims["dim"] % n_head:
-            raise GFTError(f"dim {dims['dim']} is not divisible by n_head {n_head}")
-        head_dim = dims["dim"] // n_head
-        kv = (dims["qkv_rows"] // head_dim - n_head) // 2
-        config = LlamaGenConfig(dim=dims["dim"], n_layer=dims["n_layer"], n_head=n_head,
-                                n_kv_head=None if kv == n_head else kv,
-                                multiple_of=_custom_multiple_of(dims["dim"], dims["ffn_hidden"]), **common)
-        notes.append(f"custom size: {_describe(dims)}, n_head {n_head}")
-    elif len(fits) == 1:
-        preset = fits[0]
-        config = LlamaGenConfig(**{**PRESETS[preset], "preset": preset, **common})
-        notes.append(f"detected preset {preset} ({_describe(dims)})")
-    else:
-        raise GFTError(f"no LlamaGen preset fits this checkpoint ({_describe(dims)}); presets: "
-                       + ", ".join(f"{k} (n_layer {v['n_layer']}, dim {v['dim']})" for k, v in PRESETS.items()
-                                   if "multiple_of" not in v)
-                       + ". For a custom size pass n_head (--n-head)")
+    config = sized_config(LlamaGenConfig, dims, preset, n_head, fits, common, notes)
 
     state = with_beta_embedder(state, config, beta_embed, notes)
     check_shapes(LlamaGen, config, state, _describe(dims), fits)

@@ -35,7 +35,7 @@ import torch
 
 from ...errors import GFTError
 from ...importing import Converted, Importer
-from ..llamagen.importer import (GPT_IGNORED, _custom_multiple_of, _need, _tokenizer_record, check_shapes,
+from ..llamagen.importer import (GPT_IGNORED, _need, sized_config, _tokenizer_record, check_shapes,
                                  fitting_presets, recorded_args, with_beta_embedder)
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
@@ -148,33 +148,10 @@ def convert_llamagen_t2i(state: dict[str, torch.Tensor], grid_size: int | None =
                   caption_dim=dims["caption_dim"], caption_bias=caption_bias, null_caption_mask="caption",
                   beta_embed=beta_embed, tokenizer=_tokenizer_record(tokenizer, dims["vocab_size"], grid_size),
                   text_encoder=_text_encoder_record(text_encoder, dims["caption_dim"], dims["caption_len"]))
-    if preset is not None:
-        if preset not in PRESETS:
-            if "preset" in found:
-                raise GFTError(f"the training args name model {preset!r}, which is not a LlamaGen preset here "
-                               f"({', '.join(PRESETS)})")
-            raise GFTError(f"unknown LlamaGen preset {preset!r}; known: {', '.join(PRESETS)}")
-        config = T2IConfig(**{**PRESETS[preset], "preset": preset, **common})
-        if n_head is not None and n_head != config.n_head:
-            raise GFTError(f"preset {preset} has n_head {config.n_head}, not {n_head}")
-    elif n_head is not None:
-        if dims["dim"] % n_head:
-            raise GFTError(f"dim {dims['dim']} is not divisible by n_head {n_head}")
-        head_dim = dims["dim"] // n_head
-        kv = (dims["qkv_rows"] // head_dim - n_head) // 2
-        config = T2IConfig(dim=dims["dim"], n_layer=dims["n_layer"], n_head=n_head,
-                           n_kv_head=None if kv == n_head else kv,
-                           multiple_of=_custom_multiple_of(dims["dim"], dims["ffn_hidden"]), **common)
-        notes.append(f"custom size: {_describe(dims)}, n_head {n_head}")
-    elif len(fits) == 1:
-        preset = fits[0]
-        config = T2IConfig(**{**PRESETS[preset], "preset": preset, **common})
-        notes.append(f"detected preset {preset} ({_describe(dims)})")
-    else:
-        raise GFTError(f"no LlamaGen preset fits this checkpoint ({_describe(dims)}); presets: "
-                       + ", ".join(f"{k} (n_layer {v['n_layer']}, dim {v['dim']})" for k, v in PRESETS.items()
-                                   if "multiple_of" not in v)
-                       + ". For a custom size pass n_head (--n-head)")
+    if preset is not None and preset not in PRESETS and "preset" in found:
+        raise GFTError(f"the training args name model {preset!r}, which is not a LlamaGen preset here "
+                       f"({', '.join(PRESETS)})")
+    config = sized_config(T2IConfig, dims, preset, n_head, fits, common, notes, describe=_describe)
     if text_encoder is None:
         notes.append("no text encoder recorded: sampling needs FLAN-T5-XL features, from a local directory given "
                      "to generate.py --text-encoder (or record it here with --text-encoder)")
