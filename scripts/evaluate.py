@@ -144,9 +144,9 @@ def main(argv=None):
             scores = result["attributes"]
             pm = lambda v, s: fmt(v) if s is None else f"{fmt(v)} ± {fmt(s)}"  # noqa: E731
             for name, a in scores["attributes"].items():
-                print(f"  {name + '_accuracy':15s} {pm(a['accuracy'], a['accuracy_std'])} ({a['requested']} "
+                print(f"  {name + '_accuracy':17s} {pm(a['accuracy'], a['accuracy_std'])} ({a['requested']} "
                       f"images asked for it; chance {a['chance']:.3g})")
-            print(f"  {'all_requested':15s} {pm(scores['all_correct'], scores['all_correct_std'])}")
+            print(f"  {'all_requested':17s} {pm(scores['all_correct'], scores['all_correct_std'])}")
     return result
 
 
