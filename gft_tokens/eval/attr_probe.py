@@ -98,13 +98,15 @@ class AttrProbeConfig(PretrainedConfig):
         self.coord_channels = bool(coord_channels)  # x, y planes beside RGB: where a pixel is, to sub-pixel scale
         self.mask_channels = int(mask_channels)  # width of the per-pixel coverage network
         # where the size and position buckets come from: {"size": s, "position": s}, s "geometry" (the geometry
-        # regression, cut at the bucket boundaries) or "logits" (the attribute's own head); the trainer picks
-        # each on a validation split
-        self.bucket_source = dict(bucket_source or {"size": "logits", "position": "geometry"})
+        # regression, cut at the bucket boundaries), "logits" (the attribute's own head) or {shape name: source}
+        # (by the shape the image is predicted to show); the trainer picks them on a validation split
+        self.bucket_source = dict(bucket_source or {"size": "logits", "position": "logits"})
         super().__init__(**kwargs)
-        if set(self.bucket_source) != set(BUCKETED) or not set(self.bucket_source.values()) <= set(SOURCES):
-            raise GFTError(f"bucket_source must map size and position to 'geometry' or 'logits', got "
-                           f"{self.bucket_source!r}")
+        if set(self.bucket_source) != set(BUCKETED) or not all(
+                v in SOURCES or (isinstance(v, dict) and set(v) == set(CLASS_NAMES) and set(v.values()) <= set(SOURCES))
+                for v in self.bucket_source.values()):
+            raise GFTError(f"bucket_source must map size and position to 'geometry', 'logits' or a source per shape "
+                           f"name, got {self.bucket_source!r}")
         if self.image_size % (2 ** len(self.channels)):
             raise GFTError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels)}")
 
@@ -197,7 +199,7 @@ class ShapesAttributeProbe(GFTPreTrainedModel):
         if c.coord_channels:
             x = torch.cat([x, self.coords.expand(len(x), -1, -1, -1).to(x.dtype)], dim=1)
         h = F.relu(self.fc(self.convs(x).flatten(1)))
-        raw, moments = mask_moments(alpha)
+        raw, moments = mask_moments(alpha.detach())  # the map learns coverage only; the correction the rest
         raw = raw + self.residual(torch.cat([h, moments], 1)) * self.residual_scale
         return {**{a: head(h) for a, head in self.heads.items()}, "geometry": normalise_geometry(raw),
                 "coverage": alpha}
@@ -219,10 +221,13 @@ class ShapesAttributeProbe(GFTPreTrainedModel):
         source = {a: source for a in BUCKETED} if isinstance(source, str) else source
         pred = {a: out[a].argmax(-1) for a in ATTRIBUTES}
         geo = out["geometry"]
-        if source["size"] == "geometry":
-            pred["size"] = thirds(geo[:, 0])
-        if source["position"] == "geometry":
-            pred["position"] = 3 * thirds(geo[:, 2]) + thirds(geo[:, 1])
+        from_geometry = {"size": thirds(geo[:, 0]), "position": 3 * thirds(geo[:, 2]) + thirds(geo[:, 1])}
+        for a in BUCKETED:
+            if isinstance(source[a], dict):  # by the predicted shape
+                use = torch.tensor([source[a][name] == "geometry" for name in CLASS_NAMES], device=geo.device)
+                pred[a] = torch.where(use[pred["shape"]], from_geometry[a], pred[a])
+            elif source[a] == "geometry":
+                pred[a] = from_geometry[a]
         return pred
 
     @torch.no_grad()
@@ -334,6 +339,23 @@ def d4_augment(images: torch.Tensor, cover: torch.Tensor, geo: torch.Tensor, gen
     return images, cover, geo
 
 
+@torch.no_grad()
+def pick_bucket_sources(probe: ShapesAttributeProbe, images: torch.Tensor, params: list[ShapeParams]) -> dict:
+    """For size and position, and for each shape the probe sees, the source (geometry or the attribute's head) that
+    is right more often on these (validation) images; the head where they tie or no image shows that shape."""
+    truth, _ = attribute_targets(params)
+    probe.eval()
+    out = probe(images)
+    by = {src: probe.decode(out, src) for src in SOURCES}
+    shape = by["logits"]["shape"]
+    chosen = {}
+    for a in BUCKETED:
+        hits = {src: by[src][a] == truth[a] for src in SOURCES}
+        chosen[a] = {name: "geometry" if int(hits["geometry"][shape == c].sum()) > int(hits["logits"][shape == c].sum())
+                     else "logits" for c, name in enumerate(CLASS_NAMES)}
+    return chosen
+
+
 ATTR_PROBE_FILES = {"config.json", "model.safetensors", "manifest.json", "recipe.yaml", "train_log.jsonl"}
 
 
@@ -415,14 +437,12 @@ def train_attribute_probe(o: AttrProbeTrainOptions, log=print) -> dict:
     result = {"train_s": round(time.time() - t1, 1), "train_cpu_s": round(time.process_time() - c1, 1)}
     # each bucket's source: fixed, or whichever decodes a validation split (a seed never reported) better
     val_images, val_params = _render(VALIDATION_SEED, o.eval_images, balanced=True)
-    validation = {src: attribute_report(probe, val_images, val_params, o.boundary_margin, bucket_source=src)
-                  for src in SOURCES}
-    chosen = {a: (max(SOURCES, key=lambda src: validation[src][f"{a}_accuracy"]) if o.bucket_source == "auto"
-                  else o.bucket_source) for a in BUCKETED}
-    probe.config.bucket_source = chosen
-    result["validation"] = {"seed": VALIDATION_SEED, "bucket_source": chosen,
-                            **{f"{a}_accuracy_{src}": validation[src][f"{a}_accuracy"]
-                               for a in BUCKETED for src in SOURCES}}
+    chosen = o.bucket_source if o.bucket_source != "auto" else pick_bucket_sources(probe, val_images, val_params)
+    probe.config.bucket_source = {a: chosen for a in BUCKETED} if isinstance(chosen, str) else chosen
+    result["validation"] = {"seed": VALIDATION_SEED, "bucket_source": probe.config.bucket_source,
+                            **{f"{k}_{label}": attribute_report(probe, val_images, val_params, o.boundary_margin, src)[k]
+                               for k in ("size_accuracy", "position_accuracy")
+                               for src, label in ((*zip(SOURCES, SOURCES), (None, "chosen")))}}
     for split, seed in (("heldout", HELDOUT_SEED), ("fresh", FRESH_SEED)):
         val_images, val_params = _render(seed, o.eval_images, balanced=True)
         result[split] = {"seed": seed, **attribute_report(probe, val_images, val_params, o.boundary_margin)}
