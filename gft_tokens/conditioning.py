@@ -167,6 +167,10 @@ class Caption:
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    def __getitem__(self, rows) -> "Caption":
+        """The captions of ``rows`` (a slice, an index tensor or a boolean mask), as a batch."""
+        return Caption(self.features[rows], self.mask[rows], self.drop[rows])
+
     def to(self, device) -> "Caption":
         return Caption(self.features.to(device), self.mask.to(device), self.drop.to(device))
 

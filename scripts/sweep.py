@@ -10,6 +10,13 @@ evaluations per image while sampling, and is scored by the probe (FID, IS, preci
 against the held-out reference. Writes to --out: results.json (rewritten after every setting; --resume continues
 an interrupted sweep), results.md (best rows, GFT-vs-CFG checks, matched settings, all settings),
 fid_vs_accuracy.png, fid_vs_is.png, fid_vs_guidance.png and best_<run>.png (samples at each run's best FID).
+
+Text-to-image checkpoints (--model t2i) are sampled --n-per-class times for each of a fixed prompt set, the
+captions of the first --n-prompts held-out items (200), and also scored for attribute accuracy (GenEval-style:
+shape, colour, size and position where the prompt names them, and all at once) by the attribute probe
+(--attr-probe, default tokenizers/shapes-attr-probe):
+
+    python scripts/sweep.py --model t2i --gft runs/t2i/model --cfg runs/t2i-cfg/model --n-per-class 5 --out docs/t2i
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.paths import shipped
 from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.eval import DEFAULT_EXTRACTOR, load_extractor
+from gft_tokens.eval.attributes import DEFAULT_ATTR_PROBE, DEFAULT_PROMPTS
 from gft_tokens.eval.evaluate import DEFAULT_REF_SIZE
 from gft_tokens.eval.sweep import DEFAULT_BETAS, DEFAULT_CFG_SCALES, parse_run, run_sweep
 from gft_tokens.families import FAMILIES
@@ -60,6 +68,10 @@ def main(argv=None):
     p.add_argument("--allow-foreign-extractor", action=argparse.BooleanOptionalAction, default=False,
                    help="score models of one dataset with an extractor trained on another (default: refused)")
     p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--n-prompts", type=bounded(int, min=1, max=100_000), default=None,
+                   help=f"text-to-image models: held-out captions in the prompt set (default: {DEFAULT_PROMPTS})")
+    p.add_argument("--attr-probe", default=None,
+                   help=f"text-to-image models: the attribute probe (default: {DEFAULT_ATTR_PROBE})")
     add_sampling_arguments(p)
     args = p.parse_args(argv)
     if args.bootstrap == 1:
@@ -78,7 +90,7 @@ def main(argv=None):
               samples_dir=Path(args.samples_dir) if args.samples_dir else None, floors=args.floors,
               resume=args.resume, family_options=sampling_options(args), bootstrap=args.bootstrap,
               reference_data=args.reference, allow_foreign_extractor=args.allow_foreign_extractor,
-              **common_sampling(args))
+              n_prompts=args.n_prompts, attr_probe=args.attr_probe, **common_sampling(args))
     print(f"wrote {Path(args.out) / 'results.md'}")
 
 

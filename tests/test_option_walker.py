@@ -31,6 +31,7 @@ ANCHORS = {
     "evaluate.py": ["--samples", "missing.npz"],
     "train_tokenizer.py": ["--config", TOKENIZER_RECIPE, "--out", "blocker/tok"],
     "train_probe.py": ["--out", "blocker/probe"],
+    "train_attr_probe.py": ["--out", "blocker/attr-probe"],
     "import_checkpoint.py": ["--format", "llamagen-gpt", "missing.pt", "import-out"],
     "train_llamagen.py": ["--preset", "NO-SUCH-PRESET"],
     "train_var.py": ["--preset", "NO-SUCH-PRESET"],

@@ -256,22 +256,34 @@ def _inside(label: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     raise AssertionError(name)
 
 
-def render(params: ShapeParams, size: int = 32) -> torch.Tensor:
-    """Render one image, float32 (3, size, size) in [-1, 1]."""
+def _supersampled(params: ShapeParams, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The supersampled canvas of an image of ``size`` px: x, y coordinates and the shape's 0/1 mask."""
     if size not in SUPPORTED_SIZES:
         raise GFTError(f"shapes image size must be one of {SUPPORTED_SIZES}, got {size}")
     s = size * _SUPERSAMPLE
     coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s * 2.0 - 1.0
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    # Background: colour plus a linear gradient along grad_dir.
-    ramp = xx * math.cos(params.grad_dir) + yy * math.sin(params.grad_dir)
-    bg = torch.tensor(params.bg).view(3, 1, 1) * (1.0 + params.grad_amp * ramp)
     # Shape-local coordinates: translate, rotate, scale (with aspect stretch).
     dx, dy = xx - params.cx, yy - params.cy
     c, s_ = math.cos(params.angle), math.sin(params.angle)
     lx = (c * dx + s_ * dy) / (params.scale * params.aspect)
     ly = (-s_ * dx + c * dy) / (params.scale / params.aspect)
-    mask = _inside(params.label, lx, ly).to(torch.float32)
+    return xx, yy, _inside(params.label, lx, ly).to(torch.float32)
+
+
+def coverage(params: ShapeParams, size: int = 32) -> torch.Tensor:
+    """The fraction of each pixel the shape covers, float32 (size, size) in [0, 1] (the anti-aliased mask that
+    :func:`render` blends the shape's colour over the background with)."""
+    mask = _supersampled(params, size)[2]
+    return F.avg_pool2d(mask[None, None], _SUPERSAMPLE)[0, 0]
+
+
+def render(params: ShapeParams, size: int = 32) -> torch.Tensor:
+    """Render one image, float32 (3, size, size) in [-1, 1]."""
+    xx, yy, mask = _supersampled(params, size)
+    # Background: colour plus a linear gradient along grad_dir.
+    ramp = xx * math.cos(params.grad_dir) + yy * math.sin(params.grad_dir)
+    bg = torch.tensor(params.bg).view(3, 1, 1) * (1.0 + params.grad_amp * ramp)
     fg = torch.tensor(params.fg).view(3, 1, 1)
     img = bg * (1.0 - mask) + fg * mask
     img = F.avg_pool2d(img.unsqueeze(0), _SUPERSAMPLE).squeeze(0)

@@ -7,6 +7,13 @@ evaluations per image (NFE) are the samplers' own count (:class:`~gft_tokens.sam
 Besides the generator rows, two *floor* rows put the numbers in scale: ``data`` (real images of the generators'
 training split, scored like samples: the best any generator can do at this N) and ``vq-recon`` (those images
 encoded and decoded by the tokenizer: the best a generator of this tokenizer's codes can do).
+
+Text-to-image models (the ``t2i`` family) are sampled on a fixed prompt set — by default the captions of the first
+200 items of the held-out split (:func:`gft_tokens.eval.attributes.heldout_prompts`), ``n_per_class`` samples per
+prompt — and scored with FID etc. against the held-out reference (class accuracy: the probe's class = the shape the
+prompt names) and with the attribute probe's GenEval-style accuracy (:mod:`gft_tokens.eval.attributes`: shape,
+colour, size and position where the prompt names them, and all of them at once). Their floor rows are real
+training-split images scored against their own captions.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.shapes import ShapesDataset
+from ..conditioning import Caption
+from ..data.captions import dataset_captions
+from ..data.shapes import NUM_CLASSES, ShapesDataset
 from ..errors import GFTError
 from ..fs import atomic_file
 from ..families import check_tokenizer_matches, family_of, load_model, sample_images
@@ -35,6 +44,8 @@ from .evaluate import DEFAULT_REF_SIZE, Reference, evaluate_images, images_refer
 from .features import FeatureExtractor
 from .npz import write_samples_npz
 from .spread import DEFAULT_BOOTSTRAP, bootstrap_spread, verdict
+
+ATTR_KEYS = ("shape", "colour", "size", "position")
 
 DEFAULT_BETAS = (1.0, 0.8, 0.66, 0.5, 0.4, 0.33, 0.25)
 DEFAULT_CFG_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -78,9 +89,10 @@ def guidance_equivalent(method: str, value: float) -> float:
 
 
 @torch.no_grad()
-def sample_setting(model, tokenizer, method: str, value: float, labels: torch.Tensor, batch_size: int, seed: int,
+def sample_setting(model, tokenizer, method: str, value: float, labels, batch_size: int, seed: int,
                    family_options: dict | None = None, **sampling) -> tuple[np.ndarray, SamplingStats, float]:
-    """Sample one setting: images uint8 (N, H, W, 3), the sampler's cost counts, seconds.
+    """Sample one setting: images uint8 (N, H, W, 3), the sampler's cost counts, seconds. ``labels``: class ids
+    (N,) or, for a text-to-image model, a :class:`~gft_tokens.conditioning.Caption` of N rows.
 
     ``family_options`` (``cfg_schedule``, ``steps`` …; None values = the sampler's defaults) are checked against
     the model's family; ``sampling`` (temperature, top-k, top-p) go to every sampler."""
@@ -108,18 +120,34 @@ def _save_json(path: Path, payload: dict) -> None:
 
 
 def floor_rows(extractor: FeatureExtractor, reference: Reference, tokenizer, n_per_class: int, num_classes: int,
-               seed: int, size: int) -> tuple[dict, dict]:
-    """Real training-split images (class-balanced) and their tokenizer reconstructions, scored like samples."""
-    ds = ShapesDataset(length=n_per_class * num_classes, size=size, seed=seed, balanced=True)
+               seed: int, size: int, attr_probe=None, n_images: int | None = None) -> tuple[dict, dict]:
+    """Real training-split images (class-balanced; ``n_images`` of them, default ``n_per_class`` per class) and
+    their tokenizer reconstructions, scored like samples; with ``attr_probe`` also their attribute accuracy
+    against their own captions."""
+    from .attributes import score_attributes
+
+    ds = ShapesDataset(length=n_images or n_per_class * num_classes, size=size, seed=seed, balanced=True)
     images, labels = ds.tensors()
     with torch.no_grad():
         recon = torch.cat([tokenizer.decode(tokenizer.encode(images[i:i + 500])) for i in range(0, len(images), 500)])
     rows = []
     for name, x in (("data", images), ("vq-recon", recon)):
         metrics = evaluate_images(to_uint8(x), labels.numpy(), extractor, reference)
+        if attr_probe is not None:
+            metrics.update(attribute_summary(score_attributes(to_uint8(x), dataset_captions(ds), attr_probe, 0)))
         rows.append({"run": name, "method": "reference", "setting": None, "value": None, "w_equiv": None,
                      "nfe_per_image": 0.0, "s_per_image": None, **metrics})
     return rows[0], rows[1]
+
+
+def attribute_summary(scores: dict) -> dict:
+    """The table columns of :func:`gft_tokens.eval.attributes.score_attributes`'s result (plus the result itself
+    under ``"attributes"``): ``attr_<name>`` and ``attr_<name>_std`` per attribute, ``attr_all``, ``attr_all_std``."""
+    out = {"attributes": scores, "attr_all": scores["all_correct"], "attr_all_std": scores["all_correct_std"]}
+    for a in ATTR_KEYS:
+        out[f"attr_{a}"] = scores["attributes"][a]["accuracy"]
+        out[f"attr_{a}_std"] = scores["attributes"][a]["accuracy_std"]
+    return out
 
 
 def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, reference: Reference | None = None,
@@ -127,7 +155,8 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
               batch_size: int = 250, seed: int = 0, samples_dir: Path | None = None, floors: bool = True,
               resume: bool = False, grid_per_class: int = 8, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
               family_options: dict | None = None, bootstrap: int = DEFAULT_BOOTSTRAP,
-              allow_foreign_extractor: bool = False, reference_data: str | None = None, log=print) -> dict:
+              allow_foreign_extractor: bool = False, reference_data: str | None = None,
+              prompts: list[str] | None = None, n_prompts: int | None = None, attr_probe=None, log=print) -> dict:
     """Sample and score every (run, setting); write ``results.json``, ``results.md`` and the plots in ``out``.
 
     ``reference`` defaults to ``ref_size`` held-out shapes images at the tokenizer's image size, or to the real
@@ -136,6 +165,11 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     ``family_options`` (``cfg_schedule``, ``steps``, ``order`` …) go to every model's sampler, checked against its
     family first. ``bootstrap`` resamples of each setting's samples give ``fid_std`` and ``class_accuracy_std``
     (0: no spreads); the GFT-vs-CFG comparison calls a difference a win or a loss only outside them.
+
+    Text-to-image models are sampled ``n_per_class`` times per prompt of ``prompts`` (default: the captions of the
+    first ``n_prompts`` held-out items, 200) and also scored by ``attr_probe`` (a
+    :class:`~gft_tokens.eval.attr_probe.ShapesAttributeProbe` or its directory; default the shipped
+    ``tokenizers/shapes-attr-probe``).
 
     ``results.json`` is rewritten after every setting, so an interrupted sweep keeps what it finished and
     ``resume=True`` skips settings already scored with the same options.
@@ -172,14 +206,24 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
         check_tokenizer_matches(model, tokenizer)
         models[spec.name] = (model, tokenizer)
     first_model, first_tok = models[runs[0].name]
-    num_classes = first_model.config.num_classes
+    text = {bool(getattr(family_of(m), "text_conditioned", False)) for m, _ in models.values()}
+    if len(text) > 1:
+        raise GFTError("a sweep takes either text-to-image or class-conditional models, not both")
+    text = text.pop()
+    if not text and (prompts is not None or n_prompts is not None):
+        raise GFTError("prompts (--n-prompts) are for text-to-image models; these are class-conditional")
+    num_classes = NUM_CLASSES if text else first_model.config.num_classes
     if extractor.num_classes is not None and extractor.num_classes != num_classes:
-        raise GFTError(f"the models have {num_classes} classes, the extractor {extractor.num_classes}")
+        raise GFTError(f"the models have {num_classes} classes, the extractor {extractor.num_classes}"
+                       if not text else f"the extractor has {extractor.num_classes} classes, not the embedded "
+                       f"data's {NUM_CLASSES} shapes the prompts name")
     datasets = {model_dataset(m) for m, _ in models.values()} - {None}
     if len(datasets) > 1:
         raise GFTError(f"the models were trained on different datasets: {sorted(datasets)}")
     dataset = next(iter(datasets), None)
     check_extractor_dataset(extractor, dataset, allow_foreign_extractor)
+    condition, prompt_rows, attr = _conditions(models, text, num_classes, n_per_class, prompts, n_prompts,
+                                               attr_probe)
     if reference is None and reference_data:
         reference = (images_reference(extractor, reference_data) if str(reference_data).endswith(".npz")
                      else data_reference(extractor, reference_data, size=first_tok.image_size, n=ref_size))
@@ -194,6 +238,8 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     options = {"n_per_class": n_per_class, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                **family_options, "bootstrap": bootstrap, "extractor": extractor.fingerprint,
                "reference": reference.description}
+    if text:
+        options.update(prompts=prompt_rows["prompts"], attr_probe=attr.fingerprint)
     results_path = out / "results.json"
     previous = []
     if resume and results_path.is_file():
@@ -206,19 +252,20 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
     rows: list[dict] = []
     meta = {"options": options, "runs": [vars(r) for r in runs], "dataset": dataset,
             "extractor_dataset": extractor_dataset(extractor),
-            "class_names": model_class_names(first_model.config)}
-
-    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+            "class_names": model_class_names(first_model.config) if not text else None,
+            "conditioning": "prompts" if text else "classes"}
+    labels = prompt_rows["labels"] if text else torch.arange(num_classes).repeat_interleave(n_per_class)
 
     def save():
         _save_json(results_path, {**meta, "rows": rows})
 
     if floors:
         for row in [r for r in previous if r["method"] == "reference"] or list(
-                floor_rows(extractor, reference, first_tok, n_per_class, num_classes, seed, reference.image_size)):
+                floor_rows(extractor, reference, first_tok, n_per_class, num_classes, seed, reference.image_size,
+                           attr_probe=attr, n_images=len(labels) if text else None)):
             rows.append(row)
             log(f"{row['run']:>14s}: FID {row['fid']:.3f}  IS {row['is']:.3f}  P {row['precision']:.3f}  "
-                f"R {row['recall']:.3f}  acc {row['class_accuracy']:.4f}")
+                f"R {row['recall']:.3f}  acc {row['class_accuracy']:.4f}" + _attr_log(row))
         save()
 
     for spec in runs:
@@ -230,35 +277,100 @@ def run_sweep(runs: list[RunSpec], extractor: FeatureExtractor, out: Path, *, re
             if (spec.name, digest, setting) in done:
                 rows.append(done[(spec.name, digest, setting)])
                 continue
-            images, stats, seconds = sample_setting(model, tokenizer, spec.method, value, labels, batch_size, seed,
-                                                    family_options, temperature=temperature, top_k=top_k, top_p=top_p)
+            images, stats, seconds = sample_setting(model, tokenizer, spec.method, value, condition[spec.name],
+                                                    batch_size, seed, family_options, temperature=temperature,
+                                                    top_k=top_k, top_p=top_p)
             nfe = stats.nfe_per_image
             if samples_dir is not None:
                 path = Path(samples_dir) / spec.name / f"{spec.method}_{value:g}.npz"
-                write_samples_npz(path, images, labels.numpy(), classes=np.arange(num_classes),
+                extra = ({"prompts": np.array(prompt_rows["prompts"]), "rows": prompt_rows["rows"]} if text
+                         else {"classes": np.arange(num_classes)})
+                write_samples_npz(path, images, labels.numpy(), **extra,
                                   beta=np.float32(value if spec.method == "gft" else np.nan),
                                   cfg_scale=np.float32(value if spec.method == "cfg" else np.nan))
             metrics = evaluate_images(images, labels.numpy(), extractor, reference, seed=seed)
             if bootstrap:
                 spread = bootstrap_spread(images, labels.numpy(), extractor, reference, bootstrap, seed)
                 metrics.update(fid_std=spread["fid_std"], class_accuracy_std=spread["class_accuracy_std"])
+            if text:
+                from .attributes import score_attributes
+
+                metrics.update(attribute_summary(score_attributes(images, prompt_rows["per_image"], attr,
+                                                                  bootstrap, seed)))
             row = {"run": spec.name, "ckpt": spec.ckpt, "ckpt_sha256": digest, "method": spec.method, "setting": setting, "value": value,
                    "w_equiv": guidance_equivalent(spec.method, value), "nfe_per_image": nfe,
                    "head_evals_per_image": stats.head_evals_per_image, "s_per_image": seconds / len(labels), **metrics}
             rows.append(row)
             save()
             log(f"{spec.name:>14s} {setting:>7s}: FID {row['fid']:.3f}  IS {row['is']:.3f}  "
-                f"P {row['precision']:.3f}  R {row['recall']:.3f}  acc {row['class_accuracy']:.4f}  "
+                f"P {row['precision']:.3f}  R {row['recall']:.3f}  acc {row['class_accuracy']:.4f}{_attr_log(row)}  "
                 f"NFE/img {nfe:g}  ({seconds:.0f}s)")
         best = min((r for r in rows if r["run"] == spec.name), key=lambda r: r["fid"])
-        _save_best_grid(out / f"best_{spec.name}.png", model, tokenizer, spec, best, num_classes, seed,
-                        grid_per_class, family_options, temperature=temperature, top_k=top_k, top_p=top_p)
+        if text:
+            _save_best_prompt_grid(out / f"best_{spec.name}.png", model, tokenizer, spec, best,
+                                   prompt_rows["prompts"], seed, grid_per_class, family_options,
+                                   temperature=temperature, top_k=top_k, top_p=top_p)
+        else:
+            _save_best_grid(out / f"best_{spec.name}.png", model, tokenizer, spec, best, num_classes, seed,
+                            grid_per_class, family_options, temperature=temperature, top_k=top_k, top_p=top_p)
 
     result = {**meta, "rows": rows, "comparison": comparison(rows)}
     _save_json(results_path, result)
     (out / "results.md").write_text(markdown_report(result))
     plot_sweep(rows, out)
     return result
+
+
+def _attr_log(row: dict) -> str:
+    return f"  attr-all {row['attr_all']:.3f}" if row.get("attr_all") is not None else ""
+
+
+def _conditions(models: dict, text: bool, num_classes: int, n_per_class: int, prompts, n_prompts, attr_probe):
+    """Each run's condition batch ({name: class ids or Caption}), the prompt set ({prompts, rows, per_image,
+    labels}; None for class-conditional models) and the attribute probe (None likewise)."""
+    if not text:
+        labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+        return {name: labels for name in models}, None, None
+    from ..families.t2i.prompts import encode_prompts
+    from .attr_probe import ShapesAttributeProbe, load_attribute_probe
+    from .attributes import DEFAULT_ATTR_PROBE, DEFAULT_PROMPTS, heldout_prompts, requested_ids
+
+    attr = attr_probe if isinstance(attr_probe, ShapesAttributeProbe) else \
+        load_attribute_probe(attr_probe or DEFAULT_ATTR_PROBE)
+    if prompts is None:
+        prompts = heldout_prompts(DEFAULT_PROMPTS if n_prompts is None else n_prompts)
+    prompts = list(prompts)
+    if not prompts:
+        raise GFTError("the prompt set is empty")
+    shapes = requested_ids(prompts)["shape"]  # also refuses a prompt outside the caption vocabulary
+    if (shapes < 0).any():
+        bad = prompts[int(np.flatnonzero(shapes < 0)[0])]
+        raise GFTError(f"every prompt of a sweep must name a shape (the class the probe scores), {bad!r} does not")
+    rows = np.repeat(np.arange(len(prompts)), n_per_class)
+    condition = {}
+    for name, (model, _) in models.items():
+        caption = encode_prompts(model, prompts)
+        condition[name] = Caption(caption.features[rows], caption.mask[rows])
+    prompt_rows = {"prompts": prompts, "rows": rows, "per_image": [prompts[i] for i in rows],
+                   "labels": torch.as_tensor(shapes[rows])}
+    return condition, prompt_rows, attr
+
+
+def _save_best_prompt_grid(path: Path, model, tokenizer, spec: RunSpec, row: dict, prompts: list[str], seed: int,
+                           per_prompt: int, family_options: dict | None = None, **sampling) -> None:
+    """Samples of the first (up to) ten prompts at a run's best setting, one row per prompt."""
+    from ..families.t2i.prompts import encode_prompts
+
+    shown = prompts[:10]
+    caption = encode_prompts(model, shown)
+    rows = torch.arange(len(shown)).repeat_interleave(per_prompt)
+    images, _, _ = sample_setting(model, tokenizer, spec.method, row["value"], Caption(caption.features[rows],
+                                  caption.mask[rows]), 250, seed + 1, family_options, **sampling)
+    panel = grid(images, nrow=per_prompt, scale=3)
+    fig = labelled_panels([panel], [f"{spec.name} {row['setting']} (FID {row['fid']:.2f})"], shown,
+                          panel.height // len(shown))
+    with atomic_file(path) as fh:
+        fh.write(png_bytes(fig))
 
 
 def _save_best_grid(path: Path, model, tokenizer, spec: RunSpec, row: dict, num_classes: int, seed: int,
@@ -330,7 +442,20 @@ def comparison(rows: list[dict], fid_ratio: float = 1.05, acc_points: float = 1.
             "nfe_ratio": b["nfe_per_image"] / cfg["nfe_per_image"],
             "nfe_ok": b["nfe_per_image"] <= 0.5 * cfg["nfe_per_image"] + 1e-9,
         })
+        if b.get("attr_all") is not None and cfg.get("attr_all") is not None:  # text-to-image: all attributes
+            checks[-1].update(attr_diff_points=100 * (b["attr_all"] - cfg["attr_all"]),
+                              attr_verdict=verdict(b["attr_all"], b.get("attr_all_std"), cfg["attr_all"],
+                                                   cfg.get("attr_all_std"), lower_is_better=False))
     return checks
+
+
+ATTR_HEADER = ("| model | setting | shape % | colour % | size % | position % | all requested % |\n"
+               "|---|---|---|---|---|---|---|")
+
+
+def _attr_row_md(r: dict) -> str:
+    cells = [_pm(r.get(f"attr_{a}"), r.get(f"attr_{a}_std"), pct=True) for a in (*ATTR_KEYS, "all")]
+    return f"| {r['run']} | {r['setting'] or '–'} | " + " | ".join(cells) + " |"
 
 
 def markdown_report(result: dict) -> str:
@@ -340,7 +465,7 @@ def markdown_report(result: dict) -> str:
     lines = [
         "# Guidance sweep",
         "",
-        f"{n} samples per class per setting, sampling temperature {o['temperature']:g}, top-k {o['top_k']}, "
+        f"{n} samples per {'prompt' if o.get('prompts') else 'class'} per setting, sampling temperature {o['temperature']:g}, top-k {o['top_k']}, "
         f"top-p {o['top_p']:g}, seed {o['seed']}. FID and accuracy ± one standard deviation over "
         f"{o.get('bootstrap', 0)} bootstrap resamples of the samples (reference fixed). Features: `{o['extractor']}`; reference: "
         f"{o['reference'].get('n')} images of `{o['reference'].get('source')}`. Precision/recall: k-NN manifolds, "
@@ -354,6 +479,14 @@ def markdown_report(result: dict) -> str:
         *[_row_md(r) for r in rows if r["method"] == "reference"],
         "",
     ]
+    if any(r.get("attr_all") is not None for r in rows):
+        n_prompts = len(o.get("prompts") or [])
+        lines += ["## Attribute accuracy (GenEval-style)", "",
+                  f"{n} samples for each of {n_prompts} prompts; the attribute probe `{o.get('attr_probe')}` reads "
+                  "shape, colour, size bucket and position bucket off every image; each attribute is scored on the "
+                  "images whose prompt names it, \"all requested\" on every image (all the attributes its prompt "
+                  "names). ± one bootstrap standard deviation. Floor rows: real images against their own captions.",
+                  "", ATTR_HEADER, *[_attr_row_md(r) for r in rows], ""]
     checks = comparison(rows)
     if checks:
         lines += ["## GFT vs CFG at their best FID", "",
@@ -367,6 +500,10 @@ def markdown_report(result: dict) -> str:
                          f"{c['acc_diff_points']:+.1f} {mark(c['acc_ok'])} | {c['acc_verdict']} | "
                          f"{c['nfe_ratio']:.2f} {mark(c['nfe_ok'])} |")
         lines.append("")
+        attr = [c for c in checks if "attr_verdict" in c]
+        if attr:
+            lines += ["| GFT model | all requested attributes − CFG (points) | verdict |", "|---|---|---|",
+                      *[f"| {c['run']} | {c['attr_diff_points']:+.1f} | {c['attr_verdict']} |" for c in attr], ""]
     # matched settings: one line per CFG-equivalent scale, every run side by side
     runs = list(dict.fromkeys(r["run"] for r in rows if r["method"] != "reference"))
     by_w: dict[float, dict[str, dict]] = {}
