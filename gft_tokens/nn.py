@@ -262,6 +262,20 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10
     return emb
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer): where its samplers' generators and tensors live."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def sampling_generator(module: nn.Module, seed: int) -> torch.Generator:
+    """A random generator on ``module``'s device seeded with ``seed`` (a CPU generator cannot drive CUDA draws)."""
+    return torch.Generator(device=module_device(module)).manual_seed(int(seed))
+
+
 @contextlib.contextmanager
 def eval_mode(module: nn.Module | None):
     """Temporarily put ``module`` in eval mode (dropout off), restoring each sub-module's own flag afterwards."""
