@@ -44,6 +44,7 @@ import torch
 
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.families import FAMILIES, get_family
+from gft_tokens.families.base import CurveSize
 from gft_tokens.families.options import add_family_option, family_options
 from gft_tokens.fs import atomic_file, check_writable
 from gft_tokens.sampling import SamplingStats
@@ -72,7 +73,20 @@ def interleaved_parts(runs: dict, repeats: int, warmup: bool = True) -> dict[str
             parts = fn()
             parts = {**(parts if isinstance(parts, dict) else {}), "total": time.perf_counter() - t0}
             times[name].append(parts)
-    return {name: {key: sorted(r[key] for r in rs)[len(rs) // 2] for key in rs[0]} for name, rs in times.items()}
+    out = {name: {key: median([r[key] for r in rs]) for key in rs[0]} for name, rs in times.items()}
+    for name, rs in times.items():
+        out[name]["runs"] = rs
+    return out
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def paired_ratio(slow: list[dict], fast: list[dict], key: str) -> float:
+    """Median over the repeats of slow/fast for runs made side by side: a load change between repeats moves both
+    runs of a pair, so the ratio is steadier than the ratio of the two medians."""
+    return median([s[key] / f[key] for s, f in zip(slow, fast)])
 
 
 def synchronize(dev: str) -> None:
@@ -145,7 +159,8 @@ def end_to_end(family, model, tokenizer, batch: int, repeats: int, cfg_scale: fl
     return {"batch": batch, "repeats": repeats,
             "gft_codes_images_per_s": batch / gft["codes"], "cfg_codes_images_per_s": batch / cfg["codes"],
             "gft_images_per_s": batch / gft["total"], "cfg_images_per_s": batch / cfg["total"],
-            "codes_speedup": cfg["codes"] / gft["codes"], "speedup": cfg["total"] / gft["total"],
+            "codes_speedup": paired_ratio(cfg["runs"], gft["runs"], "codes"),
+            "speedup": paired_ratio(cfg["runs"], gft["runs"], "total"),
             "decode_ms_per_image": 1e3 * ((gft["total"] - gft["codes"]) + (cfg["total"] - cfg["codes"])) / 2 / batch,
             "gft_nfe_per_image": stats["gft"].nfe_per_image, "cfg_nfe_per_image": stats["cfg"].nfe_per_image}
 
@@ -153,6 +168,15 @@ def end_to_end(family, model, tokenizer, batch: int, repeats: int, cfg_scale: fl
 def family_vocab(spec, vocabs) -> int | None:
     vocabs = list(vocabs or spec.vocabs)
     return 16384 if 16384 in vocabs else max(vocabs, key=lambda v: v or 0)
+
+
+def curve_sizes(family, wanted) -> list:
+    """The family's curve sizes, or those of ``wanted`` (any of its presets: a preset off its curve is timed once
+    per point) when given."""
+    if not wanted:
+        return list(family.bench.curve)
+    declared = {s.preset: s for s in family.bench.curve}
+    return [declared.get(p, CurveSize(p)) for p in wanted if p in family.presets]
 
 
 def run_curve(args, families, dtype) -> dict:
@@ -163,7 +187,9 @@ def run_curve(args, families, dtype) -> dict:
     t_start = time.perf_counter()
     for family in families:
         spec = family.bench
-        sizes = [s for s in spec.curve if not args.sizes or s.preset in args.sizes]
+        sizes = curve_sizes(family, args.sizes)
+        if not sizes:
+            continue
         vocab = family_vocab(spec, args.vocabs)
         entry = {"vocab": vocab, "sampler_options": {**spec.options, **({"compile": True} if args.compile else {})},
                  "sizes": {}}
@@ -175,8 +201,8 @@ def run_curve(args, families, dtype) -> dict:
             points = []
             for batch in batches or size.batches:
                 t0 = time.perf_counter()
-                p = end_to_end(family, model, tokenizer, batch, args.repeats or size.repeats, args.cfg_scale,
-                               args.device, bool(args.compile))
+                repeats = args.repeats or size.repeats_at(batch)
+                p = end_to_end(family, model, tokenizer, batch, repeats, args.cfg_scale, args.device, bool(args.compile))
                 p["wall_s"] = round(time.perf_counter() - t0, 1)
                 points.append({k: round(v, 4) if isinstance(v, float) else v for k, v in p.items()})
                 print(f"{family.name:8s} {size.preset:9s} batch {batch:3d}: codes GFT {p['gft_codes_images_per_s']:8.2f} "
@@ -382,7 +408,8 @@ def main(argv=None):
     mode.add_argument("--profile", action="store_true", help="torch.profiler table of one sampling step at --batch "
                       "(default 32)")
     mode.add_argument("--targets", action="store_true", help="issue 18's three ratios in one run, against targets")
-    p.add_argument("--sizes", nargs="+", metavar="PRESET", help="--curve: only these of the families' curve sizes")
+    p.add_argument("--sizes", nargs="+", metavar="PRESET", help="--curve: these presets instead of the families' "
+                   "curve sizes (each family times those it has; e.g. GPT-B GPT-L on a GPU)")
     p.add_argument("--batches", type=positive(int, max=4096), nargs="+",
                    help=f"--curve: these batch sizes (default: each size's, {' '.join(map(str, CURVE_BATCHES))})")
     p.add_argument("--out", default="docs/speed", help="--curve: output folder (default: docs/speed)")
@@ -394,7 +421,7 @@ def main(argv=None):
     if args.preset is not None:
         family.check_options(args.preset, {})  # an unknown preset fails before anything is built
     if args.curve and args.preset is not None:
-        raise GFTError("--curve times each family's curve sizes: choose among them with --sizes, not --preset")
+        raise GFTError("--curve times each family's curve sizes: choose sizes with --sizes, not --preset")
     if (args.sizes or args.batches) and not args.curve:
         raise GFTError("--sizes and --batches shape the --curve; add --curve")
     families = [family] if args.model or not args.curve else [f for f in FAMILIES.values() if f.bench and f.bench.curve]
@@ -406,11 +433,10 @@ def main(argv=None):
         for f in families:
             f.sampling_kwargs(**options)  # --compile on a family that cannot compile is refused up front
         if args.sizes:
-            known = {s.preset for f in families for s in f.bench.curve}
-            unknown = [s for s in args.sizes if s not in known]
+            unknown = [s for s in args.sizes if not any(s in f.presets for f in families)]
             if unknown:
-                raise GFTError(f"--sizes {' '.join(unknown)}: not a curve size of {'/'.join(f.name for f in families)} "
-                               f"(curve sizes: {', '.join(sorted(known))})")
+                raise GFTError(f"--sizes {' '.join(unknown)}: not a preset of {'/'.join(f.name for f in families)} "
+                               f"(curve sizes: {', '.join(s.preset for f in families for s in f.bench.curve)})")
         if any(f.bench.tokenizer is None for f in families):
             raise GFTError("a family without a benchmark tokenizer cannot run the end-to-end curve")
         check_writable(args.out)

@@ -215,8 +215,8 @@ def test_bench_overhead_profile_and_targets_report_their_ratios(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--curve", "--preset", "GPT-small"], "choose among them with --sizes"),
-    (["--curve", "--sizes", "GPT-XXL"], "not a curve size"),
+    (["--curve", "--preset", "GPT-small"], "choose sizes with --sizes"),
+    (["--curve", "--sizes", "GPT-9000"], "not a preset of"),
     (["--batches", "8"], "add --curve"),
     (["--curve", "--compile"], "--compile does not apply to var models"),
     (["--model", "var", "--overhead"], "declares none"),

@@ -56,11 +56,17 @@ class SamplerOption:
 @dataclass(frozen=True)
 class CurveSize:
     """One model size of the speed curve (``bench_sampling.py --curve``): its preset, the batch sizes it is timed
-    at and the timed runs per point (median). A size too slow for a CPU at some batch lists fewer batches."""
+    at and the timed runs per point (median; one at batches of ``LARGE_BATCH`` and more, where a run is long and
+    steady). A size too slow for a CPU at some batch lists fewer batches."""
 
     preset: str
     batches: tuple[int, ...] = (1, 8, 32, 128)
     repeats: int = 1
+
+    LARGE_BATCH = 128
+
+    def repeats_at(self, batch: int) -> int:
+        return self.repeats if batch < self.LARGE_BATCH else 1
 
 
 @dataclass(frozen=True)

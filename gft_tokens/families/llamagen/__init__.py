@@ -36,7 +36,8 @@ FAMILY = Family(
     sample=sample, to_tokenizer_input=_codes_for_tokenizer, cfg_schedules=CFG_SCHEDULES, sampler_options=(COMPILE,),
     importers=("llamagen-gpt",), description="LlamaGen: next-token prediction, KV-cached, one pass per token",
     bench=BenchSpec(_bench_model, preset="GPT-small", batch=256, tokenizer=_bench_tokenizer,
-                    curve=(CurveSize("GPT-tiny", repeats=3), CurveSize("GPT-small", repeats=3), CurveSize("GPT-B")),
+                    curve=(CurveSize("GPT-tiny", repeats=3), CurveSize("GPT-small", repeats=3),
+                           CurveSize("GPT-B", batches=(1, 8, 32))),  # GPT-B at 128: ~6 min on one CPU thread
                     forward_passes=forward_passes, decode_step=decode_step),
 )
 
