@@ -15,7 +15,9 @@ Modes besides that default measurement (one at a time):
 * ``--curve``: end-to-end images/s — codes, and codes decoded to pixels by a random tokenizer of the family's
   shipped architecture — for GFT and CFG over each family's curve sizes (``Family.bench.curve``: LlamaGen GPT-tiny,
   GPT-small, GPT-B …) and batch sizes (1, 8, 32, 128), every family unless ``--model`` is given; writes
-  ``curve-<device>.json`` and ``curve-<device>.png`` (speedup vs batch, one line per size) into ``--out``.
+  ``curve-<device>.json`` and ``curve-<device>.png`` (speedup vs batch, one line per size) into ``--out``. A run
+  of some families or sizes (``--model var``, ``--sizes GPT-B``) replaces those in an existing curve of the same
+  settings and keeps the rest, so the curve can be measured piece by piece.
 * ``--overhead``: the sampler's per-token time over the bare forward (the same network passes, no mix, filtering
   or draw) at ``--batch`` (default 1), GFT and CFG.
 * ``--profile``: torch.profiler over one sampling step in mid-generation at ``--batch`` (default 32): a table.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +52,16 @@ from gft_tokens.families.options import add_family_option, family_options
 from gft_tokens.fs import atomic_file, check_writable
 from gft_tokens.sampling import SamplingStats
 from gft_tokens.validate import ArgumentParser, bounded, device, positive
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = [time.perf_counter]
+
+
+def clock() -> float:
+    """The timer of every measurement: wall time, or with ``--clock cpu`` this process's CPU time — on a CPU
+    shared with other jobs (or deprioritised under them) the CPU seconds a run used, not the ones it waited."""
+    return _clock[0]()
+
 
 TARGETS = {"end_to_end_gft_vs_cfg_b32": 1.8, "kv_vs_recompute": 8.0, "sampler_overhead_b1": 0.20}
 CURVE_BATCHES = (1, 8, 32, 128)
@@ -69,9 +82,9 @@ def interleaved_parts(runs: dict, repeats: int, warmup: bool = True) -> dict[str
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             parts = fn()
-            parts = {**(parts if isinstance(parts, dict) else {}), "total": time.perf_counter() - t0}
+            parts = {**(parts if isinstance(parts, dict) else {}), "total": clock() - t0}
             times[name].append(parts)
     out = {name: {key: median([r[key] for r in rs]) for key in rs[0]} for name, rs in times.items()}
     for name, rs in times.items():
@@ -137,10 +150,10 @@ def end_to_end(family, model, tokenizer, batch: int, repeats: int, cfg_scale: fl
 
     def run(name, guidance):
         def fn():
-            t0 = time.perf_counter()
+            t0 = clock()
             codes = family.sample(model, labels, stats=stats[name], **guidance, **spec.options)
             synchronize(device)
-            t_codes = time.perf_counter() - t0
+            t_codes = clock() - t0
             tokenizer.decode(family.to_tokenizer_input(model, codes))
             synchronize(device)
             return {"codes": t_codes}
@@ -183,13 +196,14 @@ def run_curve(args, families, dtype) -> dict:
     batches = tuple(args.batches) if args.batches else None
     result = {"device": args.device, "device_name": device_name(args.device), "dtype": args.dtype,
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "grid": args.grid,
-              "cfg_scale": args.cfg_scale, "compile": bool(args.compile), "families": {}}
+              "cfg_scale": args.cfg_scale, "compile": bool(args.compile), "clock": args.clock, "families": {}}
     t_start = time.perf_counter()
     for family in families:
         spec = family.bench
         sizes = curve_sizes(family, args.sizes)
         if not sizes:
             continue
+        t_family, load_before = time.perf_counter(), os.getloadavg()[0]
         vocab = family_vocab(spec, args.vocabs)
         entry = {"vocab": vocab, "sampler_options": {**spec.options, **({"compile": True} if args.compile else {})},
                  "sizes": {}}
@@ -211,9 +225,33 @@ def run_curve(args, families, dtype) -> dict:
                       f"decode {p['decode_ms_per_image']:.2f} ms/img [{p['wall_s']:.0f}s]", flush=True)
             entry["sizes"][size.preset] = {"params": params, "points": points}
             del model, tokenizer
+        # what else ran meanwhile: the machine's 1-minute load average before and after this family
+        entry.update(wall_s=round(time.perf_counter() - t_family, 1), measured=time.strftime("%Y-%m-%d %H:%M"),
+                     load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)])
         result["families"][family.name] = entry
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     return result
+
+
+CURVE_SETTINGS = ("device", "device_name", "dtype", "torch_threads", "grid", "cfg_scale", "compile", "clock")
+
+
+def previous_curve(path: Path, settings: dict) -> dict | None:
+    """The curve already at ``path`` when it was measured with the same settings (a run of some families updates
+    their panels and keeps the others'); a file with other settings is refused rather than mixed."""
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+        mismatch = [k for k in CURVE_SETTINGS if old.get(k) != settings[k]]
+        old["families"].items()
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        raise GFTError(f"{path} exists but is not a curve this script wrote; choose another --out") from None
+    if mismatch:
+        raise GFTError(f"{path} holds a curve measured with other settings ("
+                       + ", ".join(f"{k} {old.get(k)!r} vs {settings[k]!r}" for k in mismatch)
+                       + "); choose another --out")
+    return old
 
 
 def device_name(dev: str) -> str:
@@ -252,7 +290,8 @@ def plot_curve(result: dict, path: Path) -> None:
         ax.set_ylim(low - 0.1, 2.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("GFT / CFG images/s (end to end)")
-    where = result["device_name"] + (f", {result['torch_threads']} thread(s)" if result["device"] == "cpu" else "")
+    where = result["device_name"] + (f", {result['torch_threads']} thread(s), {result.get('clock', 'wall')} time"
+                                      if result["device"] == "cpu" else "")
     fig.suptitle(f"GFT vs CFG sampling speed, {result['dtype']}, {where}, {result['grid']}x{result['grid']} tokens "
                  f"(solid: decoded pixels, dotted: codes)", fontsize=9)
     fig.tight_layout()
@@ -361,7 +400,7 @@ def run_targets(args, family, dtype) -> dict:
            "sampler_overhead_b1": ov["gft_sampler_overhead"]}
     met = {k: (got[k] <= TARGETS[k]) if k == "sampler_overhead_b1" else (got[k] >= TARGETS[k]) for k in got}
     print(f"{family.name} {preset}, vocab {vocab}, {args.grid}x{args.grid} tokens, {args.dtype}, "
-          f"{torch.get_num_threads()} thread(s), compile {bool(args.compile)}:")
+          f"{torch.get_num_threads()} thread(s), compile {bool(args.compile)}, {args.clock} clock:")
     print(f"  end-to-end GFT/CFG at batch 32 (codes + pixels): {got['end_to_end_gft_vs_cfg_b32']:.2f}x "
           f"(codes only {e2e['codes_speedup']:.2f}x)  target >= {TARGETS['end_to_end_gft_vs_cfg_b32']}x  "
           f"{'met' if met['end_to_end_gft_vs_cfg_b32'] else 'NOT MET'}")
@@ -374,7 +413,7 @@ def run_targets(args, family, dtype) -> dict:
     rounded = lambda d: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
     return {"model": family.name, "preset": preset, "vocab": vocab, "grid": args.grid, "device": args.device,
             "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "compile": bool(args.compile),
-            "targets": TARGETS, "measured": rounded(got), "met": met, "end_to_end_b32": rounded(e2e),
+            "clock": args.clock, "targets": TARGETS, "measured": rounded(got), "met": met, "end_to_end_b32": rounded(e2e),
             "kv_vs_recompute": rounded(kv), "overhead_b1": rounded(ov)}
 
 
@@ -398,6 +437,9 @@ def main(argv=None):
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=bounded(int, min=0, max=4096), default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="what a measurement times: wall (default) or cpu, this process's CPU time (CPU device; "
+                        "for a machine shared with other jobs: the scheduler's waits are not counted)")
     p.add_argument("--quick", action="store_true", help="smaller batch and one repeat: under a minute on a CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     mode = p.add_mutually_exclusive_group()
@@ -452,6 +494,9 @@ def main(argv=None):
     if (args.overhead or args.profile) and (spec.forward_passes is None or spec.decode_step is None):
         raise GFTError(f"--overhead and --profile need a sampler split into network passes and draws; the "
                        f"{family.name} family declares none")
+    if args.clock == "cpu" and torch.device(args.device).type != "cpu":
+        raise GFTError("--clock cpu times this process's CPU work; on a GPU the kernels run elsewhere: use --clock wall")
+    _clock[0] = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compile:
@@ -462,14 +507,30 @@ def main(argv=None):
 
     if args.curve:
         args.grid = args.grid or 8
-        result = run_curve(args, families, dtype)
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         tag = torch.device(args.device).type + ("-compiled" if args.compile else "")
+        settings = {"device": args.device, "device_name": device_name(args.device), "dtype": args.dtype,
+                    "torch_threads": torch.get_num_threads(), "grid": args.grid, "cfg_scale": args.cfg_scale,
+                    "compile": bool(args.compile), "clock": args.clock}
+        old = previous_curve(out / f"curve-{tag}.json", settings)  # before anything is measured
+        result = run_curve(args, families, dtype)
+        if old is not None:
+            merged = {**old, **{k: v for k, v in result.items() if k != "families"}}
+            merged["families"] = dict(old["families"])
+            for name, entry in result["families"].items():  # the sizes measured now replace theirs, others stay
+                before = old["families"].get(name)
+                if before and before.get("vocab") == entry["vocab"]:
+                    entry = {**entry, "sizes": {**before["sizes"], **entry["sizes"]},
+                             "wall_s": round(before.get("wall_s", 0) + entry["wall_s"], 1)}
+                merged["families"][name] = entry
+            result = merged
+        result["wall_s"] = round(sum(f.get("wall_s", 0) for f in result["families"].values()), 1)
+        out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / f"curve-{tag}.json", "w") as fh:
             fh.write(json.dumps(result, indent=1) + "\n")
         plot_curve(result, out / f"curve-{tag}.png")
-        print(f"wrote {out / f'curve-{tag}.json'} and {out / f'curve-{tag}.png'} in {result['wall_s']:.0f}s")
+        print(f"wrote {out / f'curve-{tag}.json'} and {out / f'curve-{tag}.png'}; the curve's families took "
+              f"{result['wall_s']:.0f}s in all")
         if args.json:
             print(json.dumps(result))
         return
@@ -484,7 +545,7 @@ def main(argv=None):
         vocab = family_vocab(spec, args.vocabs)
         model = spec.build(preset, vocab, args.grid).to(args.device, dtype)
         head = (f"{family.name} {preset}, vocab {vocab}, {args.grid}x{args.grid} tokens, {args.dtype}, "
-                f"{torch.get_num_threads()} thread(s), compile {bool(args.compile)}")
+                f"{torch.get_num_threads()} thread(s), compile {bool(args.compile)}, {args.clock} clock")
         if args.profile:
             table, result = profile_step(family, model, args.batch or 32, args.device)
             print(head)

@@ -196,6 +196,20 @@ def test_bench_curve_writes_json_and_plot_for_every_family(tmp_path, capsys):
                 assert p["gft_images_per_s"] <= p["gft_codes_images_per_s"]
                 assert p["decode_ms_per_image"] > 0
         assert "codebook_size" in entry["tokenizer"] or "latent_channels" in entry["tokenizer"]
+        assert entry["wall_s"] > 0 and len(entry["load_average"]) == 2
+
+    # a later run of one size adds (or replaces) that size and keeps every other
+    r2 = bench(["--curve", "--model", "llamagen", "--sizes", "GPT-nano", "--batches", "1", "--out", str(tmp_path),
+                "--threads", "1", "--json"], capsys)
+    assert list(r2["families"]["llamagen"]["sizes"]) == ["GPT-tiny", "GPT-nano"]
+    assert r2["families"]["llamagen"]["sizes"]["GPT-tiny"] == r["families"]["llamagen"]["sizes"]["GPT-tiny"]
+    assert r2["families"]["var"] == r["families"]["var"] and set(r2["families"]) == set(r["families"])
+    before = (tmp_path / "curve-cpu.json").read_text()
+    with pytest.raises(SystemExit) as exc:  # other settings are not mixed into the same file
+        script_main("bench_sampling.py")(["--curve", "--model", "var", "--cfg-scale", "3", "--out", str(tmp_path),
+                                          "--threads", "1"])
+    assert exc.value.code == 2 and "measured with other settings (cfg_scale" in capsys.readouterr().err
+    assert (tmp_path / "curve-cpu.json").read_text() == before
 
 
 def test_bench_overhead_profile_and_targets_report_their_ratios(capsys):
