@@ -285,9 +285,8 @@ def plot_curve(result: dict, path: Path) -> None:
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("batch (images)")
         ax.set_title(f"{name} (vocab {entry['vocab']})" if entry["vocab"] else name)
-        low = min([p[k] for size in entry["sizes"].values() for p in size["points"] for k in ("speedup", "codes_speedup")]
-                  + [0.8])
-        ax.set_ylim(low - 0.1, 2.3)
+        values = [p[k] for size in entry["sizes"].values() for p in size["points"] for k in ("speedup", "codes_speedup")]
+        ax.set_ylim(min(values + [0.8]) - 0.1, max(values + [2.2]) + 0.1)
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("GFT / CFG images/s (end to end)")
     where = result["device_name"] + (f", {result['torch_threads']} thread(s), {result.get('clock', 'wall')} time"
