@@ -168,7 +168,8 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        out = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.dropout(out) if self.training else out
 
 
 class DropPath(nn.Module):
@@ -216,14 +217,35 @@ def rope_2d_table(grid: int, head_dim: int, base: float = 10000.0, prefix: int =
     return torch.cat([zeros, cos]).float(), torch.cat([zeros, sin]).float()
 
 
+def rope_cis(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The complex rotation table ``cos + i·sin`` (T, D/2) that :func:`apply_rope_table` multiplies by."""
+    return torch.complex(cos.float(), sin.float())
+
+
+def apply_rope_table(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of ``x`` (B, T, H, D) by a per-position table; computed in fp32.
+
+    ``rope`` is either complex (T, D/2) (:func:`rope_cis`: one complex multiplication per pair, the fastest form in
+    eager mode) or real (T, D/2, 2) holding (cos, sin) — the same arithmetic written with real tensors, which
+    ``torch.compile`` turns into one fused kernel. Both give bit-identical results on CPU (tested).
+    Pair (x₀, x₁) ↦ (x₀·cos − x₁·sin, x₁·cos + x₀·sin).
+    """
+    if rope.is_complex():
+        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+        return torch.view_as_real(xc * rope[None, :, None, :]).flatten(-2).type_as(x)
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = rope[None, :, None, :, 0], rope[None, :, None, :, 1]
+    return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1).flatten(-2).type_as(x)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs of ``x`` (B, T, H, D) by per-position tables cos/sin (T, D/2); computed in fp32.
 
-    Pair (x₀, x₁) ↦ (x₀·cos − x₁·sin, x₁·cos + x₀·sin): one complex multiplication per pair.
+    Pair (x₀, x₁) ↦ (x₀·cos − x₁·sin, x₁·cos + x₀·sin): one complex multiplication per pair. A caller that rotates
+    many tensors by the same positions builds :func:`rope_cis` once and calls :func:`apply_rope_table`.
     """
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
-    rot = torch.complex(cos, sin)[None, :, None, :]
-    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+    return apply_rope_table(x, rope_cis(cos, sin))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,6 +260,20 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer): where its samplers' generators and tensors live."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def sampling_generator(module: nn.Module, seed: int) -> torch.Generator:
+    """A random generator on ``module``'s device seeded with ``seed`` (a CPU generator cannot drive CUDA draws)."""
+    return torch.Generator(device=module_device(module)).manual_seed(int(seed))
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from gft_tokens.families.options import add_sampling_arguments, common_sampling,
 from gft_tokens.eval.npz import write_samples_npz
 from gft_tokens.families.t2i.prompts import check_condition_kind, generate_prompt_grid, read_prompts
 from gft_tokens.fs import atomic_file, check_writable
+from gft_tokens.nn import sampling_generator
 from gft_tokens.paths import shipped
 from gft_tokens.sampling import SamplingStats
 from gft_tokens.tokenizers import load_tokenizer
@@ -126,7 +127,7 @@ def main(argv=None):
     check_writable(out)  # before sampling, not after
     panels, titles = [], []
     for setting in settings:
-        g = torch.Generator().manual_seed(args.seed)
+        g = sampling_generator(model, args.seed)
         t0 = time.time()
         kwargs = family.sampling_kwargs(**setting, **options)
         stats = SamplingStats()

@@ -81,7 +81,7 @@ def llamagen_activations(config, micro_batch: int, dtype: torch.dtype) -> dict[s
 
     from gft_tokens.conditioning import BetaEmbedder
     from gft_tokens.families.llamagen.model import Block
-    from gft_tokens.nn import Embedding, OutputHead, RMSNorm, rope_2d_table
+    from gft_tokens.nn import Embedding, OutputHead, RMSNorm, rope_2d_table, rope_cis
 
     c = config
     b, s, d = micro_batch, c.max_seq_len - 1, c.dim  # the class token(s) + all image tokens but the last
@@ -89,7 +89,7 @@ def llamagen_activations(config, micro_batch: int, dtype: torch.dtype) -> dict[s
         block = Block(c, 0, 0.0).train()
         cos, sin = rope_2d_table(c.grid_size, c.head_dim, c.rope_base, c.cls_token_num)
         x = torch.empty(b, s, d, requires_grad=True)
-        per_block = _saved_bytes(lambda: block(x, cos[:s], sin[:s]), [block])
+        per_block = _saved_bytes(lambda: block(x, rope_cis(cos[:s], sin[:s])), [block])
 
         tok, cls = Embedding(c.vocab_size, d), Embedding(c.num_classes + 1, d)
         beta_emb = BetaEmbedder(d, c.beta_freq_dim) if c.beta_embed else None

@@ -33,6 +33,7 @@ from ..data.captions import dataset_captions
 from ..data.shapes import NUM_CLASSES, ShapesDataset
 from ..errors import GFTError
 from ..fs import atomic_file
+from ..nn import sampling_generator
 from ..families import check_tokenizer_matches, family_of, load_model, sample_images
 from ..sampling import SamplingStats
 from ..tokenizers import load_tokenizer
@@ -98,7 +99,7 @@ def sample_setting(model, tokenizer, method: str, value: float, labels, batch_si
     the model's family; ``sampling`` (temperature, top-k, top-p) go to every sampler."""
     guidance = {"beta": value} if method == "gft" else {"cfg_scale": value}
     kwargs = family_of(model).sampling_kwargs(**guidance, **(family_options or {}))
-    g = torch.Generator().manual_seed(seed)
+    g = sampling_generator(model, seed)
     stats = SamplingStats()
     chunks = []
     t0 = time.perf_counter()

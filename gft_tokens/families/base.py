@@ -32,7 +32,8 @@ class LossInputs:
 
 @dataclass(frozen=True)
 class SamplerOption:
-    """A family-specific sampling option (``steps``, ``order`` …), exposed as ``--<name>`` on the CLIs."""
+    """A family-specific sampling option (``steps``, ``order``, ``compile`` …), exposed as ``--<name>`` on the CLIs
+    (a ``bool`` one as a ``--<name>`` / ``--no-<name>`` switch whose off form is the sampler's default)."""
 
     name: str
     type: type
@@ -53,6 +54,22 @@ class SamplerOption:
 
 
 @dataclass(frozen=True)
+class CurveSize:
+    """One model size of the speed curve (``bench_sampling.py --curve``): its preset, the batch sizes it is timed
+    at and the timed runs per point (median; one at batches of ``LARGE_BATCH`` and more, where a run is long and
+    steady). A size too slow for a CPU at some batch lists fewer batches."""
+
+    preset: str
+    batches: tuple[int, ...] = (1, 8, 32, 128)
+    repeats: int = 1
+
+    LARGE_BATCH = 128
+
+    def repeats_at(self, batch: int) -> int:
+        return self.repeats if batch < self.LARGE_BATCH else 1
+
+
+@dataclass(frozen=True)
 class BenchSpec:
     """How ``scripts/bench_sampling.py`` measures a family: its defaults and a random, trained-looking model.
 
@@ -60,6 +77,13 @@ class BenchSpec:
     zeros); ``vocab`` is None for continuous tokens. ``variants`` maps a key suffix to extra sampler options timed
     as well (e.g. the masked family's confidence order); ``cache``: whether the sampler has ``use_cache=False``
     to compare its KV cache against.
+
+    For the end-to-end curve: ``tokenizer(vocab, grid, model)`` builds a random tokenizer of the family's shipped
+    architecture that decodes the sampler's codes (through ``Family.to_tokenizer_input``) to pixels, and ``curve``
+    lists the model sizes timed. ``forward_passes(model, labels, beta=…, cfg_scale=…)`` runs only the network
+    passes one sampling call makes (no guidance mix, filtering or draw: the "bare forward" that
+    ``--overhead`` compares the sampler with) and ``decode_step(model, labels, beta=…, cfg_scale=…)`` returns a
+    prepared zero-argument call of one sampling step (``--profile``); None where a family has no such split.
     """
 
     build: Callable[..., Any]
@@ -70,6 +94,10 @@ class BenchSpec:
     cache: bool = True
     variants: dict = field(default_factory=lambda: {"": {}})
     options: dict = field(default_factory=dict)  # sampler options every timed run uses (e.g. steps)
+    tokenizer: Callable[..., Any] | None = None
+    curve: tuple[CurveSize, ...] = ()
+    forward_passes: Callable[..., Any] | None = None
+    decode_step: Callable[..., Any] | None = None
 
 
 def _hint(word: str, known) -> str:
@@ -202,14 +230,14 @@ class Family:
     def sampling_kwargs(self, *, beta=None, cfg_scale=None, cfg_schedule=None, **options) -> dict:
         """Check guidance and family options for this family's sampler; return its keyword arguments.
 
-        ``options`` whose value is None are left to the sampler's defaults; one this family does not take is
-        refused naming the families that do.
+        ``options`` whose value is None (or False: a switch left off) are left to the sampler's defaults; one this
+        family does not take is refused naming the families that do.
         """
         mine = {o.name for o in self.sampler_options}
         kwargs = {}
         for key, value in options.items():
-            if value is None:
-                continue
+            if value is None or value is False:
+                continue  # the sampler's default (a switch left off, ``--no-compile``, is every family's default)
             if key not in mine:
                 flag = "--" + key.replace("_", "-")
                 takes = ", ".join(o.flag for o in self.sampler_options) or "no family options"

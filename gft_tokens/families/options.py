@@ -38,8 +38,18 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=bounded(int, min=0), default=0, help="top-k filtering, 0 = off (default: 0)")
     g.add_argument("--top-p", type=bounded(float, gt=0, max=1), default=1.0, help="nucleus filtering, 1 = off (default: 1.0)")
     for option, families in family_options():
-        kw = {"choices": list(option.choices)} if option.choices else {}
-        g.add_argument(option.flag, type=option.arg_type(), help=f"{' and '.join(families)} only: {option.help}", **kw)
+        add_family_option(g, option, families)
+
+
+def add_family_option(parser, option, families) -> None:
+    """``--<name>`` for a family's sampler option: a number/choice, or a switch (``--compile`` / ``--no-compile``)
+    for a boolean one; it defaults to None (the sampler's own default), and ``--no-…`` means that default too."""
+    text = f"{' and '.join(families)} only: {option.help}"
+    if option.type is bool:
+        parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    kw = {"choices": list(option.choices)} if option.choices else {}
+    parser.add_argument(option.flag, type=option.arg_type(), help=text, **kw)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

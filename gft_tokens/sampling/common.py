@@ -12,6 +12,7 @@ two; MAR's diffusion-head evaluations are counted apart.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -54,9 +55,24 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None, b
     return categorical_with_total(probs, generator, block)[0]
 
 
+def uniforms(rows: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """The uniform numbers (rows, 1), float64, that one :func:`categorical` draw of ``rows`` rows consumes."""
+    return torch.rand(rows, 1, generator=generator, device=device, dtype=torch.float64)
+
+
 def categorical_with_total(probs: torch.Tensor, generator: torch.Generator | None = None,
                            block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`categorical`, also returning each row's total weight (float64, (B,)) from the same reduction."""
+    return categorical_from_uniform(probs, uniforms(probs.shape[0], generator, probs.device), block)
+
+
+def categorical_from_uniform(probs: torch.Tensor, u: torch.Tensor,
+                             block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`categorical_with_total` given its uniform numbers ``u`` (B, 1) in [0, 1) (:func:`uniforms`).
+
+    No random generator and no data-dependent Python branch: ``torch.compile`` captures it whole (the compiled
+    LlamaGen decode step draws ``u`` outside its graph and passes it in).
+    """
     bsz, vocab = probs.shape
     pad = (-vocab) % block
     w = torch.nn.functional.pad(probs, (0, pad)) if pad else probs
@@ -64,7 +80,7 @@ def categorical_with_total(probs: torch.Tensor, generator: torch.Generator | Non
     # Block sums in float32 (a float64 reduction over all B×V entries costs ten times more), then
     # cumulated in float64; the inner inversion clamps to the block, so rounding never picks a weight-0 entry.
     block_cdf = blocks.sum(-1, dtype=torch.promote_types(probs.dtype, torch.float32)).double().cumsum(-1)  # (B, V/block)
-    u = torch.rand(bsz, 1, generator=generator, device=probs.device, dtype=torch.float64) * block_cdf[:, -1:]
+    u = u * block_cdf[:, -1:]
     b = _draw_below(block_cdf, u)  # (B, 1) chosen block
     before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(u))
     inner_cdf = blocks.gather(1, b[:, :, None].expand(-1, -1, block)).squeeze(1).double().cumsum(-1)
@@ -73,15 +89,33 @@ def categorical_with_total(probs: torch.Tensor, generator: torch.Generator | Non
 
 
 def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token per row of (B, V) logits; temperature 0 means greedy."""
+                       generator: torch.Generator | None = None, u: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw one token per row of (B, V) logits; temperature 0 means greedy. ``u``: the draw's uniform numbers
+    (:func:`uniforms`) when the caller draws them itself (the compiled decode step); otherwise ``generator``'s."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     logits = filter_logits(logits, top_k, top_p)
-    return categorical(torch.softmax(logits, dim=-1), generator)
+    probs = torch.softmax(logits, dim=-1)
+    if u is None:
+        return categorical(probs, generator)
+    return categorical_from_uniform(probs, u)[0]
+
+
+def autocast_dtype(device) -> torch.dtype | None:
+    """The autocast dtype samplers run under on ``device``: bfloat16 on CUDA, none elsewhere (CPU runs fp32)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
+def sampling_autocast(device):
+    """The context every sampler runs its network passes in: bf16 autocast on CUDA (:func:`autocast_dtype`),
+    nothing elsewhere. Logits are cast back to float32 before guidance mixing and drawing."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:

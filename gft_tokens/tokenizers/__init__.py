@@ -39,6 +39,22 @@ def load_tokenizer(path, map_location="cpu"):
     return TOKENIZER_CLASSES[model_type].from_pretrained(path, map_location=map_location)
 
 
+def random_tokenizer(path, **overrides):
+    """A tokenizer of the architecture saved at ``path`` (its ``config.json`` only: the weights are not read), with
+    config ``overrides`` (``codebook_size``, ``image_size``, ``scales`` …) and fresh random weights, in eval mode —
+    what the sampling benchmark decodes with, at any grid and vocabulary, without downloading anything."""
+    config = read_config_dict(path)
+    model_type = config.get("model_type")
+    if model_type not in TOKENIZER_CLASSES:
+        raise GFTError(f"{path} is not a tokenizer checkpoint (model_type {model_type!r})")
+    cls = TOKENIZER_CLASSES[model_type]
+    for key in ("architectures", "transformers_version", "model_type"):
+        config.pop(key, None)
+    if "kmeans_init" in config:
+        overrides.setdefault("kmeans_init", False)  # a random codebook, not an all-zero one waiting for data
+    return cls(cls.config_class(**{**config, **overrides})).eval()
+
+
 register_tokenizer(MultiScaleVQTokenizer)
 register_tokenizer(KLTokenizer)
 register_tokenizer(VARVQVAE)
@@ -46,4 +62,4 @@ register_tokenizer(LDMKLTokenizer)
 
 
 __all__ = ["KLConfig", "KLTokenizer", "LDMKLConfig", "LDMKLTokenizer", "VARVQVAE", "VARVQVAEConfig", "LlamaGenVQ", "LlamaGenVQConfig", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "VQConfig",
-           "VQTokenizer", "load_tokenizer", "register_tokenizer"]
+           "VQTokenizer", "load_tokenizer", "random_tokenizer", "register_tokenizer"]

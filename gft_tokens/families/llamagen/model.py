@@ -40,7 +40,8 @@ from ...cache import KVCache
 from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
 from ...errors import GFTError
 from ...pretrained import GFTPreTrainedModel, preset_config
-from ...nn import DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply_rope, rope_2d_table, swiglu_hidden_dim
+from ...nn import (DropPath, Embedding, Linear, OutputHead, RMSNorm, SwiGLU, apply_rope_table, rope_2d_table,
+                   swiglu_hidden_dim)
 from ...objectives import HeadInputs
 from ...tokenizers.vq import check_codes
 
@@ -161,29 +162,33 @@ class Attention(nn.Module):
         self.attn_dropout_p = c.attn_dropout_p
         self.resid_dropout = nn.Dropout(c.resid_dropout_p)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None):
-        """``attn_mask``: (B, 1, T, S) bool over all keys so far (t2i: causal + caption padding); None = causal."""
+    def forward(self, x, rope, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None):
+        """``rope``: the rotation table of x's positions (:func:`~gft_tokens.nn.apply_rope_table`). ``attn_mask``:
+        (B, 1, T, S) bool over all keys so far (t2i: causal + caption padding); None = causal. ``pos`` (T,) tensor:
+        the static-shape decode step — k/v are written at ``pos`` and ``attn_mask`` covers the whole cache."""
         bsz, t, _ = x.shape
-        kv = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
-        q = apply_rope(q.view(bsz, t, self.n_head, self.head_dim), cos, sin).transpose(1, 2)
-        k = apply_rope(k.view(bsz, t, self.n_kv_head, self.head_dim), cos, sin).transpose(1, 2)
-        v = v.view(bsz, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        start = 0
-        if cache is not None:
+        nq, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.wqkv(x)
+        # queries and keys rotated in one call (same positions), values split off untouched
+        qk = apply_rope_table(qkv[..., :(nq + nkv) * hd].view(bsz, t, nq + nkv, hd), rope).transpose(1, 2)
+        q, k = qk[:, :nq], qk[:, nq:]
+        v = qkv[..., (nq + nkv) * hd:].view(bsz, t, nkv, hd).transpose(1, 2)
+        mask, causal = attn_mask, attn_mask is None and t > 1
+        if pos is not None:
+            k, v = cache.write_at(self.layer_idx, pos, k, v)
+        elif cache is not None:
             start = cache.length
             k, v = cache.update(self.layer_idx, k, v)
-        mask, causal = None, t > 1
-        if attn_mask is not None:
-            mask, causal = attn_mask, False
-        elif start > 0 and t > 1:  # a chunk after a cached prefix: causal within the chunk, all of the prefix
-            pos_q = torch.arange(start, start + t, device=x.device)[:, None]
-            mask, causal = torch.arange(start + t, device=x.device)[None, :] <= pos_q, False
+            if attn_mask is None and start > 0 and t > 1:  # a chunk after a cached prefix: causal in the chunk
+                pos_q = torch.arange(start, start + t, device=x.device)[:, None]
+                mask, causal = torch.arange(start + t, device=x.device)[None, :] <= pos_q, False
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.attn_dropout_p if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=causal,
+            dropout_p=self.attn_dropout_p if self.training else 0.0, enable_gqa=nkv != nq,
         )
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(bsz, t, -1)))
+        out = self.wo(out.transpose(1, 2).reshape(bsz, t, -1))
+        return self.resid_dropout(out) if self.training else out
 
 
 class Block(nn.Module):
@@ -197,8 +202,11 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, cos, sin, cache=None, attn_mask=None):
-        h = x + self.drop_path(self.attention(self.attention_norm(x), cos, sin, cache, attn_mask))
+    def forward(self, x, rope, cache=None, attn_mask=None, pos=None):
+        if not self.training:  # inference: no dropout / drop-path module calls (they are identities here)
+            h = x + self.attention(self.attention_norm(x), rope, cache, attn_mask, pos)
+            return h + self.feed_forward(self.ffn_norm(h))
+        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, attn_mask, pos))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -221,8 +229,9 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
         self.beta_embedder = BetaEmbedder(c.dim, c.beta_freq_dim, std=std) if c.beta_embed else None
         # cls_token_num zero rows, then the grid rows, in both layouts: position p reads row p
         cos, sin = rope_2d_table(c.grid_size, c.head_dim, c.rope_base, c.cls_token_num)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # (max_seq_len, head_dim/2, 2) = (cos, sin) per position and pair; eager steps read it as a complex view
+        # (a real buffer: Module.to(dtype) would drop the imaginary part of a complex one)
+        self.register_buffer("rope_table", torch.stack([cos, sin], dim=-1), persistent=False)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -239,12 +248,12 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
         t = h.shape[1]
         if start + t > self.config.max_seq_len:
             raise GFTError(f"sequence of {start + t} positions exceeds the model's {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+        rope = torch.view_as_complex(self.rope_table[start:start + t].float())
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, None, attn_mask, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, rope, None, attn_mask, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, cache, attn_mask)
+                h = layer(h, rope, cache, attn_mask)
         if cache is not None:
             cache.advance(t)
         return self.norm(h)
@@ -283,6 +292,24 @@ class LlamaGen(ClassConditional, GFTPreTrainedModel):
         """Append image tokens (B, T) after the cached prefix; returns the logits (B, V) of the next token."""
         h = self._run_layers(self.tok_embeddings(tokens), cache.length, cache)
         return self.output(h[:, -1]).float()
+
+    def decode_at(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The static-shape decode step: image tokens (B, 1) at sequence position ``pos`` (a (1,) long tensor on the
+        model's device) → logits (B, V) of the next token.
+
+        Nothing here depends on a Python number that changes from token to token: the keys/values are written at
+        ``pos`` (:meth:`KVCache.write_at`), every query attends to the whole preallocated cache with the positions
+        after ``pos`` masked, and RoPE reads its table at ``pos`` — so ``torch.compile`` captures one graph for the
+        whole generation, with no host synchronisation per token. ``cache.length`` is the caller's to keep (the
+        sampler advances it); ``pos`` must lie in [cache.length, max_seq_len), which the sampler guarantees.
+        """
+        keys = torch.arange(cache.max_len, device=pos.device)
+        mask = (keys[None, :] <= pos[:, None])[None, None]  # (1, 1, T, S): a key is visible once written
+        rope = self.rope_table.index_select(0, pos).float()
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, rope, cache, mask, pos)
+        return self.output(self.norm(h)[:, -1]).float()
 
     def next_logits(self, prefix: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Full recompute, no cache: logits (B, V) of the token after ``prefix`` (B, T) image tokens."""

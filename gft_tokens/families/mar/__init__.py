@@ -2,7 +2,9 @@
 
 import torch
 
-from ..base import BenchSpec, Family, SamplerOption
+from ...paths import shipped
+from ...tokenizers import random_tokenizer
+from ..base import BenchSpec, CurveSize, Family, SamplerOption
 from ..masked import STEPS
 from .adapter import MARAdapter
 from .model import PRESETS, MARModel, mar_config, tokens_to_grid
@@ -11,7 +13,6 @@ from .sampler import CFG_SCHEDULES, sample
 
 def _latents_for_tokenizer(model, tokens):
     return tokens_to_grid(tokens, model.config.grid_size)
-
 
 
 def _bench_model(preset, vocab, grid):
@@ -24,6 +25,12 @@ def _bench_model(preset, vocab, grid):
     return model
 
 
+def _bench_tokenizer(vocab, grid, model):
+    """The shipped KL tokenizer's architecture with the model's latent width at this grid, random weights."""
+    return random_tokenizer(shipped("tokenizers/shapes-kl"), latent_channels=model.config.token_dim,
+                            image_size=4 * grid)
+
+
 FAMILY = Family(
     name="mar", model_class=MARModel, config_fn=mar_config, presets=PRESETS, adapter=MARAdapter(), sample=sample,
     to_tokenizer_input=_latents_for_tokenizer, cfg_schedules=CFG_SCHEDULES, importers=("mar",),
@@ -33,7 +40,11 @@ FAMILY = Family(
                                         "default: no clipping, as MAR)", gt=0),
     ),
     description="MAR: continuous tokens, diffusion head, one transformer pass per decoding step",
-    bench=BenchSpec(_bench_model, preset="MAR-tiny", batch=16, vocabs=(None,), cache=False, options={"steps": 16}),
+    bench=BenchSpec(_bench_model, preset="MAR-tiny", batch=16, vocabs=(None,), cache=False, options={"steps": 16},
+                    tokenizer=_bench_tokenizer,
+                    # the diffusion head (every token, every denoising step) makes MAR the slowest family on a CPU
+                    curve=(CurveSize("MAR-nano"), CurveSize("MAR-tiny", batches=(1, 8, 32)),
+                           CurveSize("MAR-small", batches=(1, 8)))),
 )
 
 __all__ = ["FAMILY", "MARModel", "mar_config"]

@@ -108,7 +108,7 @@ class GaussianDiffusion:
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
             mean = self.p_mean(x, t, eps_fn(x, self.timestep_map.to(x.device)[t]), clip_x0)
             if i > 0:
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 x = mean + torch.exp(0.5 * self._at(self.posterior_log_variance, t, x)) * z * temperature
             else:
                 x = mean
@@ -218,7 +218,7 @@ class DiffusionHead(nn.Module):
         """Draw one token per row of z (R, D) → (R, C). With ``cfg_scale`` w, z holds R/2 conditional rows then R/2
         unconditional rows, both denoised from the same noise and mixed as ``u + w·(c − u)``; R/2 tokens return."""
         rows = z.shape[0] // 2 if cfg_scale is not None else z.shape[0]
-        noise = torch.randn(rows, self.token_dim, generator=generator).to(z.device)
+        noise = torch.randn(rows, self.token_dim, generator=generator, device=z.device)
         if cfg_scale is None:
             return self.gen_diffusion.sample_loop(lambda x, t: self(x, t, z), noise, temperature, generator, clip_x0)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ...errors import GFTError
 from ...nn import eval_mode
-from ...sampling.common import SamplingStats, guided_batch
+from ...sampling.common import SamplingStats, guided_batch, sampling_autocast
 from ..masked.sampler import CFG_SCHEDULES, guidance_scale, masked_after_step
 
 
@@ -74,7 +74,7 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         cfg = cfg_scale is not None
         tokens = torch.zeros(bsz, n, dim, device=device)
         mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
-        order = torch.rand(bsz, n, generator=generator).argsort(dim=1).to(device)  # first entries drawn last
+        order = torch.rand(bsz, n, generator=generator, device=device).argsort(dim=1)  # first entries drawn last
         rows = (lambda t: torch.cat([t, t])) if cfg else (lambda t: t)
 
         remaining = n
@@ -82,7 +82,8 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
             after = masked_after_step(step, steps, n, remaining)
             if after < remaining:
                 positions = order[:, after:remaining].sort(dim=1).values  # (B, K), ascending: MAR's row order
-                z = model.z_at(rows(tokens), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
+                with sampling_autocast(device):  # bf16 on CUDA: the transformer; the diffusion head below in fp32
+                    z = model.z_at(rows(tokens), labels, beta, rows(mask), rows(positions)).float()  # (B or 2B, K, D)
                 if stats is not None:
                     stats.network(labels.shape[0])
                     # every denoising step runs the head on all of z's rows (both CFG halves)

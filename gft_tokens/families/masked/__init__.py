@@ -2,7 +2,9 @@
 
 import torch
 
-from ..base import BenchSpec, Family, SamplerOption
+from ...paths import shipped
+from ...tokenizers import random_tokenizer
+from ..base import BenchSpec, CurveSize, Family, SamplerOption
 from .adapter import MaskedAdapter
 from .model import PRESETS, MaskedTokenModel, masked_config
 from .sampler import CFG_SCHEDULES, ORDERS, sample
@@ -23,6 +25,11 @@ def _bench_model(preset, vocab, grid):
     return model
 
 
+def _bench_tokenizer(vocab, grid, model):
+    """The shipped VQ tokenizer's architecture (4x downsampling) at this grid and codebook, random weights."""
+    return random_tokenizer(shipped("tokenizers/shapes-vq"), codebook_size=vocab, image_size=4 * grid)
+
+
 FAMILY = Family(
     name="masked", model_class=MaskedTokenModel, config_fn=masked_config, presets=PRESETS, adapter=MaskedAdapter(),
     sample=sample, to_tokenizer_input=_codes_for_tokenizer, cfg_schedules=CFG_SCHEDULES,
@@ -35,7 +42,9 @@ FAMILY = Family(
     ),
     description="masked tokens (MAR/MaskGIT): one pass per decoding step",
     bench=BenchSpec(_bench_model, preset="MAR-tiny", batch=32, repeats=3, cache=False, options={"steps": 16},
-                    variants={"": {"order": "random"}, "_confidence": {"order": "confidence"}}),
+                    variants={"": {"order": "random"}, "_confidence": {"order": "confidence"}},
+                    tokenizer=_bench_tokenizer,
+                    curve=(CurveSize("MAR-nano", repeats=3), CurveSize("MAR-tiny", repeats=3), CurveSize("MAR-small"))),
 )
 
 __all__ = ["FAMILY", "MaskedTokenModel", "masked_config"]

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ...errors import GFTError
 from ...nn import eval_mode
-from ...sampling.common import SamplingStats, categorical_with_total, check_sampling_args, filter_logits, guided_batch
+from ...sampling.common import (SamplingStats, categorical_with_total, check_sampling_args, filter_logits, guided_batch,
+                                sampling_autocast)
 
 ORDERS = ("confidence", "random")
 CFG_SCHEDULES = ("constant", "linear")
@@ -152,7 +153,7 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         codes = torch.zeros(bsz, n, dtype=torch.long, device=device)
         mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
         if order == "random":  # the first entries of a sample's order are generated last (as MAR)
-            gen_order = torch.rand(bsz, n, generator=generator).argsort(dim=1).to(device)
+            gen_order = torch.rand(bsz, n, generator=generator, device=device).argsort(dim=1)
         rows = (lambda t: torch.cat([t, t])) if cfg else (lambda t: t)
 
         remaining = n
@@ -163,13 +164,14 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                     positions = gen_order[:, after:remaining]
                 else:
                     positions = mask.nonzero()[:, 1].view(bsz, remaining)
-                hidden = model.hidden_at(rows(codes), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
-                if stats is not None:
-                    stats.network(labels.shape[0])
-                k = positions.shape[1]
-                w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
-                hidden = hidden.reshape(2, bsz * k, -1) if cfg else hidden.reshape(bsz * k, -1)
-                tokens, logp = _draw_from_states(model.output, hidden, w, temperature, top_k, top_p, generator)
+                with sampling_autocast(device):  # bf16 on CUDA; the head's logits are drawn from as float32
+                    hidden = model.hidden_at(rows(codes), labels, beta, rows(mask), rows(positions))  # (B or 2B, K, D)
+                    if stats is not None:
+                        stats.network(labels.shape[0])
+                    k = positions.shape[1]
+                    w = guidance_scale(cfg_scale, cfg_schedule, n, after) if cfg else None
+                    hidden = hidden.reshape(2, bsz * k, -1) if cfg else hidden.reshape(bsz * k, -1)
+                    tokens, logp = _draw_from_states(model.output, hidden, w, temperature, top_k, top_p, generator)
                 tokens, logp = tokens.view(bsz, k), logp.view(bsz, k)
                 if order == "confidence":
                     tau = choice_temperature * (1.0 - (step + 1) / steps)

@@ -15,6 +15,7 @@ import torch
 
 from ...conditioning import Caption
 from ...errors import GFTError
+from ...nn import sampling_generator
 from ...fs import atomic_file, check_writable
 from ...sampling import SamplingStats
 from ...text_encoder import TextEncoder
@@ -80,7 +81,7 @@ def generate_prompt_grid(model, tokenizer, prompts: list[str], *, settings: list
     check_writable(out)
     panels, titles = [], []
     for setting in settings:
-        g = torch.Generator().manual_seed(seed)
+        g = sampling_generator(model, seed)
         stats, t0 = SamplingStats(), time.time()
         chunks = [sample_images(model, tokenizer, Caption(caption.features[r], caption.mask[r]), generator=g,
                                 stats=stats, **(common or {}), **sampler_kwargs(setting))

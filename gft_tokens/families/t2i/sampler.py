@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from ...conditioning import Caption
 from ...errors import GFTError
 from ...nn import eval_mode
-from ...sampling.common import SamplingStats, check_cfg_schedule, check_sampling_args, resolve_guidance, sample_from_logits
+from ...sampling.common import (SamplingStats, autocast_dtype, check_cfg_schedule, check_sampling_args, resolve_guidance,
+                                sample_from_logits, sampling_autocast)
 
 CFG_SCHEDULES = ("constant",)
 
@@ -42,15 +43,16 @@ def sample(model, captions: Caption, *, beta=None, cfg_scale: float | None = Non
         rows = len(captions)
         n = c.block_size
         codes = torch.empty(rows, n, dtype=torch.long, device=device)
-        cache = model.allocate_cache(rows) if use_cache else None
+        cache = model.allocate_cache(rows, dtype=autocast_dtype(device)) if use_cache else None
         pmask = None
         for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
-            if not use_cache:
-                logits = model.next_logits(codes[:, :i], captions, beta)
-            elif i == 0:
-                logits, pmask = model.prefill(captions, beta, cache)
-            else:
-                logits = model.decode(codes[:, i - 1:i], cache, pmask)
+            with sampling_autocast(device):  # bf16 on CUDA; the logits come back as float32
+                if not use_cache:
+                    logits = model.next_logits(codes[:, :i], captions, beta)
+                elif i == 0:
+                    logits, pmask = model.prefill(captions, beta, cache)
+                else:
+                    logits = model.decode(codes[:, i - 1:i], cache, pmask)
             if stats is not None:
                 stats.network(rows)
             if cfg:

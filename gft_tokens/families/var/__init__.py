@@ -4,7 +4,9 @@ import torch
 
 from ...errors import GFTError
 from ...tokenizers.multiscale import DEFAULT_SCALES, VAR_SCALES_256, split_scales
-from ..base import BenchSpec, Family
+from ...paths import shipped
+from ...tokenizers import random_tokenizer
+from ..base import BenchSpec, CurveSize, Family
 from .adapter import VARAdapter
 from .model import PRESETS, VAR, VARConfig, var_config
 from .sampler import CFG_SCHEDULES, sample
@@ -12,7 +14,6 @@ from .sampler import CFG_SCHEDULES, sample
 
 def _codes_for_tokenizer(model, codes):
     return split_scales(codes, model.scales)
-
 
 
 def _bench_model(preset, vocab, grid):
@@ -31,11 +32,18 @@ def _bench_model(preset, vocab, grid):
     return model.eval()
 
 
+def _bench_tokenizer(vocab, grid, model):
+    """The shipped multi-scale VQ tokenizer's architecture on the model's scales and codebook, random weights."""
+    return random_tokenizer(shipped("tokenizers/shapes-msvq"), codebook_size=vocab, image_size=4 * grid,
+                            scales=list(model.scales), codebook_dim=model.config.cvae)
+
+
 FAMILY = Family(
     name="var", model_class=VAR, config_fn=var_config, presets=PRESETS, adapter=VARAdapter(), sample=sample,
     to_tokenizer_input=_codes_for_tokenizer, cfg_schedules=CFG_SCHEDULES, importers=("var",),
     description="VAR: next-scale prediction, scale-wise KV cache, one pass per scale",
-    bench=BenchSpec(_bench_model, preset="d4", batch=16, vocabs=(4096,)),
+    bench=BenchSpec(_bench_model, preset="d4", batch=16, vocabs=(4096,), tokenizer=_bench_tokenizer,
+                    curve=(CurveSize("d2", repeats=3), CurveSize("d4", repeats=3), CurveSize("d6"))),
 )
 
 __all__ = ["FAMILY", "VAR", "VARConfig", "var_config"]

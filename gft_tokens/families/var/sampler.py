@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from ...errors import GFTError
 from ...nn import eval_mode
-from ...sampling.common import SamplingStats, check_cfg_schedule, check_sampling_args, guided_batch, sample_from_logits
+from ...sampling.common import (SamplingStats, autocast_dtype, check_cfg_schedule, check_sampling_args, guided_batch,
+                                sample_from_logits, sampling_autocast)
 from ...tokenizers.multiscale import flatten_scales
 
 CFG_SCHEDULES = ("linear", "constant")
@@ -66,12 +67,13 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         strengths = guidance_strengths(cfg_scale - 1.0 if guided else 0.0, len(scales), cfg_schedule)
         rows = labels.shape[0]
         cond = model.condition(labels, beta)
-        cache = model.allocate_cache(rows) if use_cache else None
+        cache = model.allocate_cache(rows, dtype=autocast_dtype(device)) if use_cache else None
         maps: list[torch.Tensor] = []
         f_hat, tokens = None, model.start_tokens(cond)
         for k in tqdm(range(len(scales)), desc="scales", disable=not progress, leave=False):
             s = scales[k]
-            logits = model.scale_logits(tokens, cond, cache) if use_cache else model.recompute_logits(maps, cond)
+            with sampling_autocast(device):  # bf16 on CUDA; the logits come back as float32
+                logits = model.scale_logits(tokens, cond, cache) if use_cache else model.recompute_logits(maps, cond)
             if stats is not None:
                 stats.network(rows)
             if guided:
