@@ -42,7 +42,7 @@ from ..data.shapes import (CLASS_NAMES, COLOUR_NAMES, HELDOUT_SEED, POSITION_NAM
 from ..errors import GFTError
 from ..pretrained import GFTPreTrainedModel
 from .features import uint8_to_float
-from .probe import PROBE_SEED, degrade
+from .probe import PROBE_SEED, degrade, probe_optimizer
 
 ATTR_PROBE_SEED = 3_000_017  # the attribute probe's training split: not 0, not HELDOUT_SEED, not PROBE_SEED
 FRESH_SEED = 4_000_037  # a second split nothing trains on, for the reported accuracy (beside the held-out one)
@@ -391,17 +391,7 @@ def train_attribute_probe(o: AttrProbeTrainOptions, log=print) -> dict:
 
     torch.manual_seed(o.seed)
     probe = ShapesAttributeProbe(config)
-    decay = [p for p in probe.parameters() if p.ndim > 1]
-    no_decay = [p for p in probe.parameters() if p.ndim <= 1]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
-
-    def lr_at(step):
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        return 0.5 * (1 + np.cos(np.pi * (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    optim, sched = probe_optimizer(probe, o)
     gen = torch.Generator().manual_seed(o.seed)
     history = []
     probe.train()

@@ -220,6 +220,22 @@ def _own_data(o: ProbeTrainOptions):
 PROBE_FILES = {"config.json", "model.safetensors", "manifest.json", "recipe.yaml", "train_log.jsonl"}  # what a save writes
 
 
+def probe_optimizer(probe: nn.Module, o):
+    """AdamW (decay on matrices, none on norms and biases) with linear warm-up then cosine decay to 0 over
+    ``o.steps`` — the probes' recipe (``o``: options with lr, weight_decay, warmup_steps, steps)."""
+    decay = [p for p in probe.parameters() if p.ndim > 1]
+    no_decay = [p for p in probe.parameters() if p.ndim <= 1]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+
+    def lr_at(step):
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        return 0.5 * (1 + np.cos(np.pi * (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)))
+
+    return optim, torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+
+
 def train_probe(o: ProbeTrainOptions, log=print) -> dict:
     """Train the probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
     import yaml
@@ -264,17 +280,7 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
 
     torch.manual_seed(o.seed)
     probe = ShapesProbe(config)
-    decay = [p for n, p in probe.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in probe.named_parameters() if p.ndim <= 1]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
-
-    def lr_at(step):
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        return 0.5 * (1 + np.cos(np.pi * (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    optim, sched = probe_optimizer(probe, o)
     gen = torch.Generator().manual_seed(o.seed)
     history = []
     probe.train()
