@@ -10,11 +10,12 @@
 #
 #   bash scripts/experiment_gft_vs_cfg.sh                 # all four families, one after the other
 #   FAMILIES=llamagen bash scripts/experiment_gft_vs_cfg.sh
+#   FAMILIES=t2i PAPER=0 bash scripts/experiment_gft_vs_cfg.sh    # text-to-image (not part of the default four)
 #
 # Environment overrides (defaults in brackets; per-family defaults below): PYTHON [python], FAMILIES
 # [llamagen var masked mar], OUT [runs/gft_vs_cfg], DOCS [docs/gft_vs_cfg], PRESET, STEPS, LR, BATCH [64],
 # FT_STEPS [STEPS/20], FT_LR, CURVE [STEPS/4 STEPS/2: multiples of STEPS/4], TRAIN_IMAGES [10000], N_PER_CLASS
-# [100], SEED [0], THREADS [0: torch's default], GFT_FLAGS [none: extra flags for the GFT runs, e.g.
+# [100; t2i: 5 per prompt], SEED [0], THREADS [0: torch's default], GFT_FLAGS [none: extra flags for the GFT runs, e.g.
 # "--beta-embed-lr 1" for the paper's single learning rate], PAPER [1: also train "gft-paper", GFT from scratch
 # with --beta-embed-lr 1, and sweep it beside the others; 0: skip it].
 # A finished phase leaves <run>/DONE and is skipped when the script runs again; sweeps resume too.
@@ -26,7 +27,6 @@ OUT_ROOT=${OUT:-runs/gft_vs_cfg}
 DOCS_ROOT=${DOCS:-docs/gft_vs_cfg}
 BATCH=${BATCH:-64}
 TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
-N_PER_CLASS=${N_PER_CLASS:-100}
 SEED=${SEED:-0}
 THREADS=${THREADS:-0}
 GFT_FLAGS=${GFT_FLAGS:-}
@@ -40,6 +40,7 @@ defaults() {  # per family: preset, steps, lr, fine-tune lr (each ≤ ~20 min of
         var)      echo "d2 1000 1e-3 5e-4" ;;
         masked)   echo "MAR-tiny 1500 1e-3 5e-4" ;;
         mar)      echo "MAR-tiny 500 1e-3 5e-4" ;;
+        t2i)      echo "GPT-tiny 1000 2e-3 1e-3" ;;   # text-to-image LlamaGen on the embedded captions
         *)        echo "unknown family $1" >&2; exit 2 ;;
     esac
 }
@@ -67,6 +68,8 @@ for FAMILY in $FAMILIES; do
     STEPS_F=${STEPS:-$D_STEPS}
     LR_F=${LR:-$D_LR}
     FT_LR_F=${FT_LR:-$D_FT_LR}
+    # samples per class; t2i: per prompt, over the first 200 held-out captions (5 x 200 = 1000 per setting)
+    N_PER_CLASS_F=${N_PER_CLASS:-$([[ "$FAMILY" == t2i ]] && echo 5 || echo 100)}
     FT_STEPS_F=${FT_STEPS:-$(( STEPS_F / 20 > 0 ? STEPS_F / 20 : 1 ))}
     CURVE_F=${CURVE:-"$((STEPS_F / 4)) $((STEPS_F / 2))"}
     OUT="$OUT_ROOT/$FAMILY"
@@ -77,7 +80,7 @@ for FAMILY in $FAMILIES; do
     COMMON=(--preset "$PRESET" --batch-size "$BATCH" --lr "$LR_F" --train-images "$TRAIN_IMAGES" --seed "$SEED"
             --save-every 0 --keep-last 1 --threads "$THREADS" --val-fraction 0.05 --val-samples 500
             --val-every $(( STEPS_F / 10 > 0 ? STEPS_F / 10 : 1 )) --export-every "$QUARTER")
-    SWEEP=(--model "$FAMILY" --betas $BETAS --cfg-scales $SCALES --n-per-class "$N_PER_CLASS" --seed "$SEED"
+    SWEEP=(--model "$FAMILY" --betas $BETAS --cfg-scales $SCALES --n-per-class "$N_PER_CLASS_F" --seed "$SEED"
            --resume --threads "$THREADS")
     # shellcheck disable=SC2206
     GFT_EXTRA=($GFT_FLAGS)

@@ -229,3 +229,25 @@ def test_a_class_conditional_checkpoint_refuses_prompts(tmp_path, capsys):
         script_main("generate.py")(["--ckpt", str(tmp_path / "c2i"), "--prompt", "a red star", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err == "error: this is a class-conditional llamagen model: it takes --classes, not prompts"
+
+
+def test_a_validation_split_of_captioned_data_keeps_each_image_with_its_own_caption(tmp_path):
+    """--val-fraction on t2i data: the held-out rows are validated with their own captions (the null-caption loss
+    included), and the training rows keep theirs."""
+    from gft_tokens.families.t2i.adapter import CaptionedCodes
+    from gft_tokens.train.loop import TrainOptions, _validation_set, train
+
+    codes = torch.arange(10)[:, None, None].expand(10, 1, 4)
+    feats = torch.arange(10.0)[:, None, None].expand(10, 2, 3)
+    data = CaptionedCodes(codes, torch.zeros(10, dtype=torch.long), 0, feats, torch.ones(10, 2, dtype=torch.bool),
+                          [f"caption {i}" for i in range(10)], {"path": "x"})
+    o = TrainOptions(val_fraction=0.3, val_samples=100)
+    (val_codes, val_cond), rest = _validation_set(o, None, data)
+    assert isinstance(val_cond, Caption) and isinstance(rest, CaptionedCodes)
+    assert val_codes[:, 0].tolist() == [7, 8, 9] and val_cond.features[:, 0, 0].tolist() == [7.0, 8.0, 9.0]
+    assert rest.captions == [f"caption {i}" for i in range(7)] and rest.features[:, 0, 0].tolist() == list(range(7))
+
+    summary = train("t2i", TrainOptions(**{**TRAIN, "train_images": 24}, val_fraction=0.25, val_samples=6,
+                                        val_every=1, out=str(tmp_path / "v")))
+    assert [c["step"] for c in summary["val_curve"]] == [1, 2]
+    assert all(c["val_null_loss"] > 0 and c["val_cond_loss"] > 0 for c in summary["val_curve"])

@@ -12,6 +12,7 @@ the batches an uninterrupted run would have seen, with no iterator state to save
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ class CodeDataset:
     def batch(self, index: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (B, *grid) of items ``index`` at augmentation ``view`` and their labels (B,)."""
         return self.codes[index, view], self.labels[index]
+
+    def subset(self, rows: slice) -> "CodeDataset":
+        """The items ``rows`` (a slice) as a dataset of the same kind, everything kept per item sliced alike."""
+        return dataclasses.replace(self, codes=self.codes[rows], labels=self.labels[rows])
 
 
 def cache_dir() -> Path:

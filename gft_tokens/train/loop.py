@@ -208,7 +208,7 @@ def _validate(module, adapter, objective, val, o: TrainOptions, device) -> dict:
     CFG the conditional loss) and ``val_null_loss`` (the same at the null condition). ``val_null_loss −
     val_cond_loss`` is what the condition is worth to the model (per token, or per masked position): how far it
     has learned to use the class."""
-    codes, labels = val
+    codes, labels = val  # labels: class ids, or a Caption (text-to-image)
     was_training = module.training
     module.eval()
     totals, n = {"val_loss": 0.0, "val_cond_loss": 0.0, "val_null_loss": 0.0}, 0
@@ -253,13 +253,12 @@ def _validation_set(o: TrainOptions, tokenizer, data):
         return None, data
     if data is None:  # shards: the samples whose key hashes into the held-out fraction
         return validation_codes(o.data, tokenizer, fraction=o.val_fraction, limit=o.val_samples), data
-    from ..data.codes import CodeDataset
-
     n_val = min(o.val_samples, max(1, int(round(len(data) * o.val_fraction))))
     if len(data) - n_val < 1:
         raise GFTError(f"val_fraction {o.val_fraction} leaves no training images")
-    val = (data.codes[-n_val:, 0], data.labels[-n_val:])
-    return val, CodeDataset(data.codes[:-n_val], data.labels[:-n_val], data.num_classes)
+    held = torch.arange(len(data) - n_val, len(data))
+    val = data.batch(held, torch.zeros_like(held))  # (codes, labels), or (codes, Caption) for text-to-image data
+    return val, data.subset(slice(0, len(data) - n_val))
 
 
 def _check_val(val, vocab_size: int | None, token_shape) -> None:
@@ -425,8 +424,13 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     if getattr(module, "beta_embedder", None) is not None:
         log(f"β embedder at {beta_embed_lr(o):g} × the learning rate"
             + (" (--beta-embed-lr 1 for the paper's single rate)" if beta_embed_lr(o) != 1 else ""))
-    log(f"dataset {dataset['name']}: {num_classes} classes ({', '.join(dataset['class_names'][:10])}"
-        f"{' …' if num_classes > 10 else ''}); flips {'on' if o.flip else 'off'}; validation: "
+    if getattr(data, "captions", None) is not None:  # text-to-image: the condition is each image's caption
+        condition = f"captions encoded by {data.text_encoder.get('path')}"
+    else:
+        condition = (f"{num_classes} classes ({', '.join(dataset['class_names'][:10])}"
+                     f"{' …' if num_classes > 10 else ''})")
+    flips = o.flip and (stream is not None or data.views > 1)  # t2i data keeps one view: a mirror flips "left"
+    log(f"dataset {dataset['name']}: {condition}; flips {'on' if flips else 'off'}; validation: "
         + (f"{len(val[0])} samples every {o.val_every} steps" if val is not None else "none"))
 
     def export(step: int) -> None:

@@ -8,7 +8,7 @@ the codes, as LlamaGen's precomputed T5 feature files; a batch's condition is th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,6 +34,10 @@ class CaptionedCodes(CodeDataset):
 
     def batch(self, index, view):
         return self.codes[index, view], Caption(self.features[index], self.mask[index])
+
+    def subset(self, rows: slice) -> "CaptionedCodes":
+        return replace(super().subset(rows), features=self.features[rows], mask=self.mask[rows],
+                       captions=self.captions[rows])
 
 
 def encode_captions(encoder: TextEncoder, texts: list[str], batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
