@@ -80,10 +80,6 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     runs = [parse_run(t, "gft") for t in args.gft] + [parse_run(t, "cfg") for t in args.cfg]
-    if args.threads < 0:
-        raise GFTError(f"--threads must be at least 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     extractor = load_extractor(shipped(args.extractor) if args.extractor == DEFAULT_EXTRACTOR else args.extractor)
     run_sweep(runs, extractor, Path(args.out), ref_size=args.ref_size, family=args.model, betas=args.betas,
               cfg_scales=args.cfg_scales, n_per_class=args.n_per_class, batch_size=args.batch_size, seed=args.seed,

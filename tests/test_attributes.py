@@ -245,6 +245,7 @@ def test_t2i_sweep_scores_attribute_accuracy_on_held_out_prompts(tmp_path, attr_
     md = (out / "results.md").read_text()
     assert "## Attribute accuracy (GenEval-style)" in md and "12 prompts" in md and "1 samples per prompt" in md
     assert (out / "best_gft.png").is_file() and (out / "best_cfg.png").is_file()
+    assert (out / "fid_vs_attributes.png").stat().st_size > 0  # FID vs all-attributes rate, t2i sweeps only
     # the kept samples carry their prompts: evaluate.py --attributes scores them the same way
     again = script_main("evaluate.py")(["--samples", str(samples / "gft" / "gft_0.5.npz"), "--attributes",
                                         "--bootstrap", "3", "--ref-size", "40", "--json"])

@@ -337,6 +337,7 @@ def test_sweep_tiny_end_to_end(tmp_path):
     for name in ("results.json", "results.md", "fid_vs_accuracy.png", "fid_vs_is.png", "fid_vs_guidance.png",
                  "best_gft.png", "best_base.png"):
         assert (out / name).is_file(), name
+    assert not (out / "fid_vs_attributes.png").exists()  # class-conditional: no attribute plot
     md = (out / "results.md").read_text()
     assert "| gft | β=" in md and "GFT vs CFG" in md and "| 2 |" in md  # best rows, checks, matched w = 2 ↔ β = 0.5
     # --resume reuses every scored setting

@@ -525,7 +525,8 @@ def markdown_report(result: dict) -> str:
 
 
 def plot_sweep(rows: list[dict], out: Path) -> list[Path]:
-    """FID vs class accuracy, FID vs IS and FID vs guidance strength; every run on the same axes."""
+    """FID vs class accuracy, FID vs IS and FID vs guidance strength; every run on the same axes. Text-to-image
+    sweeps also get FID vs the rate of images showing every attribute their prompt names (fid_vs_attributes.png)."""
     try:
         import matplotlib
 
@@ -537,14 +538,18 @@ def plot_sweep(rows: list[dict], out: Path) -> list[Path]:
     floors = [r for r in rows if r["method"] == "reference"]
     markers = {"cfg": "s", "gft": "o"}
     paths = []
-    for x_key, x_label, fname in (("class_accuracy", "class accuracy (%)", "fid_vs_accuracy.png"),
-                                  ("is", "Inception Score (probe)", "fid_vs_is.png"),
-                                  ("w_equiv", "guidance: CFG scale w (GFT: 1/β)", "fid_vs_guidance.png")):
+    plots = [("class_accuracy", "class accuracy (%)", "fid_vs_accuracy.png"),
+             ("is", "Inception Score (probe)", "fid_vs_is.png"),
+             ("w_equiv", "guidance: CFG scale w (GFT: 1/β)", "fid_vs_guidance.png")]
+    if all(r.get("attr_all") is not None for r in rows if r["method"] != "reference"):
+        plots.append(("attr_all", "all prompted attributes correct (%)", "fid_vs_attributes.png"))
+    percent = {"class_accuracy", "attr_all"}
+    for x_key, x_label, fname in plots:
         fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
         for name in runs:
             pts = sorted((r for r in rows if r["run"] == name), key=lambda r: r["w_equiv"])
             method = pts[0]["method"]
-            xs = [100 * r[x_key] if x_key == "class_accuracy" else r[x_key] for r in pts]
+            xs = [100 * r[x_key] if x_key in percent else r[x_key] for r in pts]
             ys = [r["fid"] for r in pts]
             nfe = pts[0]["nfe_per_image"]
             ax.plot(xs, ys, marker=markers[method], linestyle="-" if method == "cfg" else "--",
