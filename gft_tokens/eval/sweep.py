@@ -551,7 +551,7 @@ def plot_sweep(rows: list[dict], out: Path) -> list[Path]:
             method = pts[0]["method"]
             xs = [100 * r[x_key] if x_key in percent else r[x_key] for r in pts]
             ys = [r["fid"] for r in pts]
-            nfe = pts[0]["nfe_per_image"]
+            nfe = max(r["nfe_per_image"] for r in pts)  # CFG at w = 1 needs only its conditional pass
             ax.plot(xs, ys, marker=markers[method], linestyle="-" if method == "cfg" else "--",
                     label=f"{name} ({method.upper()}, {nfe:g} NFE/img)")
             if x_key != "w_equiv":
