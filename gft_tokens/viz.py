@@ -41,6 +41,7 @@ def labelled_panels(panels: list[Image.Image], titles: list[str], row_labels: li
     draw = ImageDraw.Draw(out)
     x = int(left)
     for p, t in zip(panels, titles):
+        t = t.replace("β", "beta")  # PIL's built-in font has no Greek glyphs (β would print as a box)
         out.paste(p, (x, title_h))
         tw = draw.textlength(t, font=font)
         draw.text((x + (p.width - tw) / 2, 2), t, fill="black", font=font)
