@@ -36,7 +36,7 @@ SCALES="1 1.25 1.5 2 3 4"
 
 defaults() {  # per family: preset, steps, lr, fine-tune lr (each ≤ ~20 min of training on a 2-core CPU)
     case "$1" in
-        llamagen) echo "GPT-tiny 2000 2e-3 1e-3" ;;
+        llamagen) echo "GPT-tiny 2000 2e-3 2e-4" ;;
         var)      echo "d2 1000 1e-3 5e-4" ;;
         masked)   echo "MAR-tiny 1500 1e-3 5e-4" ;;
         mar)      echo "MAR-tiny 500 1e-3 5e-4" ;;
