@@ -4,7 +4,15 @@ A shard is a tar file of samples, one sample per key: ``<key>.cls`` (the class i
 (``<key>.png`` / ``.jpg`` / ``.jpeg`` / ``.webp``) or tokenizer codes (``<key>.codes.npy``, int array of shape
 (views, *token_shape), written by ``scripts/extract_codes.py``). Other members (e.g. ``<key>.json``, the
 attributes ``make_shards.py`` stores for the embedded data) are ignored by the readers. ``dataset.json`` beside the
-shards records the kind, the number of classes and, for codes, the tokenizer that produced them.
+shards records the kind, the number of classes, how many samples carry a caption and, for codes, the tokenizer
+that produced them.
+
+Captions (text-to-image): ``<key>.txt``, the caption text (UTF-8; ``make_shards.py`` writes the embedded data's
+captions and the ``<image>.txt`` files found beside an image folder's images), and, in code shards written by
+``extract_codes.py --text-encoder``, the text encoder's features ``<key>.capfeat.npy`` (L, C) float32 (left-padded,
+zero at padding) and mask ``<key>.capmask.npy`` (L,) bool, as LlamaGen's precomputed T5 feature files;
+``dataset.json`` then records the text encoder (:meth:`gft_tokens.text_encoder.TextEncoder.describe`, with its
+weights' fingerprint). The training stream ignores them.
 
 Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
 (``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass
@@ -42,6 +50,9 @@ from ..errors import GFTError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 CODES_KEY = "codes.npy"
+CAPTION_KEY = "txt"  # the caption text
+FEATURES_KEY = "capfeat.npy"  # its text-encoder features (L, C) float32
+MASK_KEY = "capmask.npy"  # and their mask (L,) bool, True at real tokens
 META_NAME = "dataset.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -192,7 +203,7 @@ def encode_jpg(image, quality: int = 95) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sources (for make_shards.py / extract_codes.py): (key, PIL image or None if unreadable, label)
+# Sources (for make_shards.py / extract_codes.py): (key, label, PIL image or None if unreadable, caption or None)
 # ---------------------------------------------------------------------------------------------------------------
 def image_folder_items(root: str | Path, seed: int = 0) -> tuple[list[tuple[Path, int]], list[str]]:
     """Files of an image folder with one sub-folder per class: shuffled (file, class id) pairs and class names."""
@@ -210,10 +221,50 @@ def image_folder_items(root: str | Path, seed: int = 0) -> tuple[list[tuple[Path
     return items, classes
 
 
-def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_size: int = 32):
-    """``(meta, iterator of (key, label, PIL image or None when unreadable))`` for ``data``: ``'shapes'`` (the
-    embedded dataset, ``count`` images), an image folder with one sub-folder per class, or a shard pattern."""
+def caption_file(image: str | Path) -> Path:
+    """Where an image's optional caption lives: the ``.txt`` file of the same name beside it (``cat/1.png`` →
+    ``cat/1.txt``)."""
+    return Path(image).with_suffix(".txt")
+
+
+def read_caption(image: str | Path) -> str | None:
+    """The caption of an image folder's image (its :func:`caption_file`, UTF-8, stripped), None if it has none (no
+    file, or an empty one)."""
+    path = caption_file(image)
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise GFTError(f"caption file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return text or None
+
+
+def shard_caption(sample: dict) -> str | None:
+    """The caption text of a raw shard sample (``<key>.txt``), None if it has none."""
+    try:
+        return sample[CAPTION_KEY].decode("utf-8").strip() or None
+    except (KeyError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def _missing_captions(problem: str) -> GFTError:
+    return GFTError(f"{problem}; caption features need a caption for every sample — add the captions (an "
+                    f"<image>.txt beside each image, then make_shards.py), or leave out --text-encoder")
+
+
+def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_size: int = 32,
+                    require_captions: bool = False):
+    """``(meta, iterator of (key, label, PIL image or None when unreadable, caption or None))`` for ``data``:
+    ``'shapes'`` (the embedded dataset, ``count`` images, each with its caption
+    :func:`gft_tokens.data.captions.caption`), an image folder with one sub-folder per class (captions: the
+    optional :func:`caption_file` of each image), or a shard pattern (captions: ``<key>.txt``).
+
+    ``require_captions``: refuse a sample without a caption — for a folder, and shards whose ``dataset.json`` counts
+    their captions, before any image is read (naming how many lack one and the first); otherwise at the first such
+    sample (a GFTError raised by the iterator)."""
     if data == "shapes":
+        from .captions import caption
         from .shapes import CLASS_NAMES, ShapesDataset, render
 
         from PIL import Image
@@ -224,12 +275,17 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
             for i in range(len(ds)):
                 p = ds.params(i)
                 arr = ((render(p, shapes_size) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-                yield f"{i:08d}", p.label, Image.fromarray(arr)
+                yield f"{i:08d}", p.label, Image.fromarray(arr), caption(seed, i)
 
         return {"num_classes": len(CLASS_NAMES), "class_names": list(CLASS_NAMES), "source": "shapes"}, shapes()
     if Path(data).is_dir():
         items, classes = image_folder_items(data, seed)
         items = items[:count] if count else items
+        if require_captions:
+            missing = [path for path, _ in items if read_caption(path) is None]
+            if missing:
+                raise _missing_captions(f"{len(missing)} of {len(items)} images of {data} have no caption (first: "
+                                        f"{missing[0]}, no {caption_file(missing[0]).name} beside it)")
 
         def folder():
             for i, (path, label) in enumerate(items):
@@ -237,7 +293,7 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
                     image = decode_image(path.read_bytes())
                 except Exception:
                     image = None
-                yield f"{i:08d}", label, image
+                yield f"{i:08d}", label, image, read_caption(path)
 
         return {"num_classes": len(classes), "class_names": classes, "source": str(data)}, folder()
     shards = expand_shards(data)
@@ -247,6 +303,10 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
     kind = sample_kind(first_sample(shards[0]), shards[0])
     if kind != "images":
         raise GFTError(f"{data} holds {kind}, not images")
+    if require_captions and isinstance(meta.get("captions"), int) and isinstance(meta.get("count"), int):
+        if meta["captions"] < meta["count"]:
+            raise _missing_captions(f"{meta['count'] - meta['captions']} of {meta['count']} samples of {data} have "
+                                    f"no caption (its {META_NAME} counts {meta['captions']} captions)")
     skipped = [0]
 
     def count_error(_exn) -> bool:
@@ -259,15 +319,20 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
             if count and n >= count:
                 return
             n += 1
+            key = sample.get("__key__", f"{n:08d}")
             try:
                 label = int(sample["cls"].decode().strip())
                 image = decode_image(next(sample[k] for k in IMAGE_KEYS if k in sample))
             except Exception:
-                yield sample.get("__key__", f"{n:08d}"), -1, None
+                yield key, -1, None, None
                 continue
-            yield sample["__key__"], label, image
+            text = shard_caption(sample)
+            if require_captions and text is None:
+                raise _missing_captions(f"sample {key!r} of {data} has no caption (no <key>.{CAPTION_KEY}; it is "
+                                        f"sample {n}, the first without one)")
+            yield sample["__key__"], label, image, text
         for _ in range(skipped[0]):
-            yield "unreadable", -1, None
+            yield "unreadable", -1, None, None
 
     meta = {k: meta[k] for k in ("num_classes", "class_names", "name") if k in meta}
     return {**meta, "source": data}, from_shards()
@@ -283,7 +348,8 @@ def shard_dir_owned(name: str) -> bool:
 
 def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta: dict,
                  overwrite: bool = False) -> dict:
-    """Write ``samples`` (dicts of ``__key__`` and bytes per extension) as ``out/000000.tar`` … + ``dataset.json``.
+    """Write ``samples`` (dicts of ``__key__`` and bytes per extension) as ``out/000000.tar`` … + ``dataset.json``
+    (``meta`` plus ``count``, ``shards``, ``pattern`` and ``captions``, the number of samples with a caption).
 
     The directory appears only when complete (written beside it and renamed). Returns the metadata written.
     """
@@ -293,7 +359,7 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
 
     if shard_size <= 0:
         raise GFTError(f"shard size must be positive, got {shard_size}")
-    count, shards, writer = 0, 0, None
+    count, shards, captions, writer = 0, 0, 0, None
     with atomic_dir(out, owned=shard_dir_owned, overwrite=overwrite) as tmp:
         try:
             for sample in samples:
@@ -304,13 +370,14 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
                     shards += 1
                 writer.write(sample)
                 count += 1
+                captions += CAPTION_KEY in sample
         finally:
             if writer is not None:
                 writer.close()
         if count == 0:
             raise GFTError("no samples to write (every input was unreadable?)")
         meta = {**meta, "count": count, "shards": shards,
-                "pattern": f"{{000000..{shards - 1:06d}}}.tar"}
+                "pattern": f"{{000000..{shards - 1:06d}}}.tar", "captions": captions}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -566,7 +633,7 @@ def load_labelled_images(data: str, *, size: int | None = None, count: int | Non
 
     meta, items = labelled_images(data, count=count, seed=seed, shapes_size=size or 32)
     images, labels = [], []
-    for _, label, image in tqdm(items, desc=desc, leave=False, total=count):
+    for _, label, image, _ in tqdm(items, desc=desc, leave=False, total=count):
         if image is None or label < 0:
             continue
         if size is None:
@@ -586,7 +653,7 @@ def data_image_size(data: str) -> int | None:
     if data == "shapes":
         return None
     _, items = labelled_images(data, count=1)
-    for _, _, image in items:
+    for _, _, image, _ in items:
         if image is not None:
             return min(image.size)
     return None
