@@ -12,7 +12,11 @@ captions and the ``<image>.txt`` files found beside an image folder's images), a
 ``extract_codes.py --text-encoder``, the text encoder's features ``<key>.capfeat.npy`` (L, C) float32 (left-padded,
 zero at padding) and mask ``<key>.capmask.npy`` (L,) bool, as LlamaGen's precomputed T5 feature files;
 ``dataset.json`` then records the text encoder (:meth:`gft_tokens.text_encoder.TextEncoder.describe`, with its
-weights' fingerprint). The training stream ignores them.
+weights' fingerprint). A stream given :class:`ShardCaptions` (a t2i run) yields each sample's
+:class:`~gft_tokens.conditioning.Caption` instead of its class id: the stored features, refused unless the run's
+text encoder made them, or else the caption text encoded by the run's text encoder in the training process (as
+images are encoded by the tokenizer there). Shards without captions are refused for such a run; a class-conditional
+run reads caption shards as any others (the captions are ignored).
 
 Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
 (``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass
@@ -27,7 +31,8 @@ Data position: the stream of each rank is a deterministic function of (seed, ran
 workers, the shards). Its position is the number of samples the rank has consumed, ``step × grad_accum ×
 batch_size``; resuming skips that many samples of the same stream (reading them, without decoding images), so a
 resumed run sees the samples an uninterrupted one would — exactly, unless a sample in the skipped range failed to
-decode (those are not counted when skipping) or the world size / worker count changed. There is no epoch counter:
+decode or had a caption too long for the text encoder (those are not counted when skipping) or the world size /
+worker count changed. There is no epoch counter:
 each rank cycles through its shards indefinitely.
 """
 
@@ -395,27 +400,150 @@ def _complete(sample: dict) -> bool:
     return "cls" in sample and (CODES_KEY in sample or any(k in sample for k in IMAGE_KEYS))
 
 
+class ShardCaptions:
+    """The captions a text-to-image run reads from shards, for its text encoder at ``path`` (see the module doc).
+
+    :meth:`mode` checks a set of shards: ``'features'`` when they store caption features (``extract_codes.py
+    --text-encoder``), refused unless this text encoder made them (type, width, caption length and weights
+    fingerprint; the path may differ); ``'text'`` when they carry only caption text (``make_shards.py``), which is
+    encoded by this text encoder in the training process — a caption too long for it is skipped and counted like
+    an unreadable sample (refused at once if it is the first sample's). Shards with neither are refused.
+    The record (:attr:`record`) is read from the directory without loading the weights; they are loaded only to
+    encode text.
+    """
+
+    def __init__(self, path: str):
+        from ..text_encoder import describe_text_encoder
+
+        self.path = str(path)
+        self.record = describe_text_encoder(self.path, fingerprint=True)
+        self._encoder = self._tokenizer = None
+        self._device = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(L, C) of one caption's features."""
+        return self.record["max_length"], self.record["hidden_size"]
+
+    def __getstate__(self):  # a DataLoader worker gets the record, and loads the tokenizer itself if it needs it
+        return {**self.__dict__, "_encoder": None, "_tokenizer": None}
+
+    def encoder(self):
+        if self._encoder is None:
+            from ..text_encoder import TextEncoder
+
+            self._encoder = TextEncoder.from_pretrained(self.path, max_length=self.record["max_length"])
+            if self._device is not None:
+                self._encoder.to(self._device)
+        return self._encoder
+
+    def to(self, device) -> None:
+        self._device = device
+        if self._encoder is not None:
+            self._encoder.to(device)
+
+    def tokens(self, text: str) -> int:
+        """How many tokens the text encoder's tokenizer makes of ``text`` (its end-of-text token included)."""
+        if self._tokenizer is None:  # the encoder's, or (in a DataLoader worker) the tokenizer alone
+            if self._encoder is not None:
+                self._tokenizer = self._encoder.tokenizer
+            else:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        return len(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def mode(self, spec: str, meta: dict, sample: dict, kind: str) -> str:
+        """'features' or 'text' for the shards ``spec`` (``meta``: their dataset.json; ``sample``: their first raw
+        sample); refuses shards without captions and features of another text encoder (see the class doc)."""
+        from ..text_encoder import text_encoder_differences
+
+        key = sample.get("__key__")
+        if meta.get("captions") == 0 or (FEATURES_KEY not in sample and CAPTION_KEY not in sample):
+            held = sorted(k for k in sample if not k.startswith("__"))
+            raise GFTError(f"a t2i run needs captions; these shards have none — sample {key!r} of {spec} holds "
+                           f"{held}" + (f" and {META_NAME} counts 0 captions" if meta.get("captions") == 0 else "")
+                           + ": shard captioned images with make_shards.py (the embedded data, or an <image>.txt "
+                           "beside each image) and store their features with extract_codes.py --text-encoder DIR")
+        if FEATURES_KEY in sample:
+            made = meta.get("text_encoder")
+            if not isinstance(made, dict):
+                raise GFTError(f"the caption features in {spec} do not say which text encoder made them (no "
+                               f"text_encoder in {META_NAME}): extract them again with extract_codes.py "
+                               f"--text-encoder {self.path}")
+            diffs = text_encoder_differences(made, self.record)
+            if diffs:
+                raise GFTError(f"the caption features in {spec} were made by the text encoder {made.get('path')}, "
+                               f"not by this run's --text-encoder {self.path} ({'; '.join(diffs)}): train with "
+                               f"--text-encoder {made.get('path')}, or extract the features again with "
+                               f"extract_codes.py --text-encoder {self.path}")
+            return "features"
+        text = shard_caption(sample)
+        if text is not None and self.tokens(text) > self.shape[0]:
+            raise GFTError(f"the caption of sample {key!r} of {spec} is {self.tokens(text)} tokens long, more than "
+                           f"the text encoder {self.path} takes ({self.shape[0]}): use a text encoder with a longer "
+                           f"caption length (captions are skipped, not truncated)")
+        return "text"
+
+    def decode(self, sample: dict, mode: str):
+        """One raw sample's caption: (features (L, C) float32, mask (L,) bool) or its text (raises if it has none,
+        or one too long for the text encoder: the sample is skipped)."""
+        if mode == "features":
+            feats = np.load(io.BytesIO(sample[FEATURES_KEY]), allow_pickle=False)
+            mask = np.load(io.BytesIO(sample[MASK_KEY]), allow_pickle=False)
+            if feats.shape != self.shape or mask.shape != self.shape[:1]:
+                raise ValueError(f"caption features of shape {feats.shape} / mask {mask.shape}, not {self.shape}")
+            return torch.from_numpy(feats.astype(np.float32)), torch.from_numpy(mask.astype(bool))
+        text = shard_caption(sample)
+        if text is None:
+            raise ValueError("no caption")
+        if self.tokens(text) > self.shape[0]:
+            raise ValueError(f"caption longer than {self.shape[0]} tokens")
+        return text
+
+    def batch(self, captions: list, mode: str, batch_size: int = 256):
+        """The :class:`~gft_tokens.conditioning.Caption` of decoded captions (text encoded ``batch_size`` at a time)."""
+        from ..conditioning import Caption
+
+        if mode == "features":
+            return Caption(torch.stack([f for f, _ in captions]), torch.stack([m for _, m in captions]))
+        feats, masks = [], []
+        for i in range(0, len(captions), batch_size):
+            f, m = self.encoder().encode(list(captions[i:i + batch_size]), max_length=self.shape[0])
+            feats.append(f)
+            masks.append(m)
+        return Caption(torch.cat(feats), torch.cat(masks))
+
+    def describe(self, mode: str) -> str:
+        if mode == "features":
+            return f"captions: stored features of {self.path}"
+        return f"captions encoded by {self.path} on the fly"
+
+
 class _Samples(torch.utils.data.IterableDataset):
-    """One rank's endless stream of decoded samples ``(tensor, label, skipped_since_last)``; see the module doc."""
+    """One rank's endless stream of decoded samples ``(tensor, label, caption or None, skipped_since_last)``; see
+    the module doc."""
 
     def __init__(self, shards, kind, num_classes, image_size, seed, rank, skip, buffer, flip=True,
-                 holdout=0.0):
+                 holdout=0.0, captions: ShardCaptions | None = None, caption_mode: str | None = None):
         super().__init__()
         self.shards, self.kind, self.num_classes, self.image_size = shards, kind, num_classes, image_size
         self.seed, self.rank, self.skip, self.buffer = seed, rank, skip, buffer
         self.flip, self.holdout = flip, holdout
+        self.captions, self.caption_mode = captions, caption_mode
 
     def _decode(self, sample: dict, aug: int):
         label = int(sample["cls"].decode().strip())
-        if not 0 <= label < self.num_classes:
+        if self.captions is None and not 0 <= label < self.num_classes:  # captioned: the class id is no condition
             raise ValueError(f"class id {label} outside [0, {self.num_classes})")
+        cap = self.captions.decode(sample, self.caption_mode) if self.captions is not None else None
         if self.kind == "codes":
             codes = np.load(io.BytesIO(sample[CODES_KEY]), allow_pickle=False)
             codes = codes[aug % codes.shape[0]] if codes.ndim >= 2 else codes
-            return torch.from_numpy(codes.astype(np.int64)), label
+            return torch.from_numpy(codes.astype(np.int64)), label, cap
         data = next(sample[k] for k in IMAGE_KEYS if k in sample)
         x = to_tensor(center_crop(decode_image(data), self.image_size))
-        return (torch.flip(x, dims=[-1]) if self.flip and aug & 1 else x), label
+        return (torch.flip(x, dims=[-1]) if self.flip and aug & 1 else x), label, cap
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -453,12 +581,12 @@ class _Samples(torch.utils.data.IterableDataset):
                     good += 1
                     continue
                 try:
-                    x, label = self._decode(sample, aug)
+                    x, label, cap = self._decode(sample, aug)
                 except Exception:
                     skipped[0] += 1
                     continue
                 good += 1
-                yield x, label, skipped[0]
+                yield x, label, cap, skipped[0]
                 skipped[0] = 0
             if good == 0:
                 raise GFTError(f"no readable samples in shards {', '.join(order[worker::workers][:3])} "
@@ -471,11 +599,14 @@ class ShardStream:
     >>> stream = ShardStream("shards/{000000..000031}.tar", tokenizer=tok, rank=0, world=1, batch_size=64)
     >>> stream.start(skip=0)
     >>> codes, labels = stream.next_batch()       # (64, *token grid) int64, (64,) int64
+
+    With ``captions`` (a :class:`ShardCaptions`, a text-to-image run) the condition of a batch is the
+    :class:`~gft_tokens.conditioning.Caption` of its samples instead of their class ids.
     """
 
     def __init__(self, spec: str, *, tokenizer, rank: int, world: int, batch_size: int, seed: int = 0,
                  workers: int = 2, num_classes: int | None = None, buffer: int = 1000, flip: bool = True,
-                 holdout: float = 0.0):
+                 holdout: float = 0.0, captions: ShardCaptions | None = None):
         self.spec, self.tokenizer, self.batch_size = spec, tokenizer, batch_size
         self.rank, self.seed, self.buffer, self.flip, self.holdout = rank, seed, buffer, flip, holdout
         self.all_shards = None
@@ -486,10 +617,15 @@ class ShardStream:
         for path in self.shards:
             check_shard(path)
         self.meta = read_meta(shards)
-        self.kind = sample_kind(first_sample(self.shards[0]), self.shards[0])
+        first = first_sample(self.shards[0])
+        self.kind = sample_kind(first, self.shards[0])
         if self.meta.get("kind") not in (None, self.kind):
             raise GFTError(f"{META_NAME} says the shards hold {self.meta['kind']}, but they hold {self.kind}")
+        self.captions = captions
+        self.caption_mode = captions.mode(spec, self.meta, first, self.kind) if captions is not None else None
         self.num_classes = num_classes if num_classes is not None else self.meta.get("num_classes")
+        if captions is not None:
+            self.num_classes = 0  # the captions are the condition; class ids are read but not used
         if self.num_classes is None:
             raise GFTError(f"the number of classes is unknown: the shards have no {META_NAME} with num_classes; "
                            "pass --num-classes")
@@ -512,22 +648,30 @@ class ShardStream:
     def start(self, skip: int = 0) -> None:
         """Begin the stream after ``skip`` samples of this rank (the position of a resumed run)."""
         dataset = _Samples(self.shards, self.kind, self.num_classes, self.tokenizer.image_size, self.seed,
-                           self.rank, skip, self.buffer, flip=self.flip, holdout=self.holdout)
+                           self.rank, skip, self.buffer, flip=self.flip, holdout=self.holdout,
+                           captions=self.captions, caption_mode=self.caption_mode)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
                                              persistent_workers=False)
         self._iter = iter(loader)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def text_encoder(self) -> dict | None:
+        """The record of the text encoder whose features a captioned stream gives (None for class ids)."""
+        return self.captions.record if self.captions is not None else None
+
+    def next_batch(self):
+        """Codes (B, *token grid) and the batch's condition: class ids (B,), or a Caption with ``captions``."""
         if self._iter is None:
             self.start(0)
-        xs, labels = [], []
+        xs, labels, caps = [], [], []
         for _ in range(self.batch_size):
             try:
-                x, label, skipped = next(self._iter)
+                x, label, cap, skipped = next(self._iter)
             except GFTError as exc:  # raised in a DataLoader worker: keep the message, drop the traceback
                 raise GFTError(str(exc).strip().splitlines()[-1].split("GFTError: ")[-1]) from None
             xs.append(x)
             labels.append(int(label))
+            caps.append(cap)
             self.skipped += int(skipped)
         want = self._expect[1] if self._expect is not None and self.kind == "codes" else tuple(xs[0].shape)
         odd = next((i for i, x in enumerate(xs) if tuple(x.shape) != want), None)
@@ -547,12 +691,15 @@ class ShardStream:
                                f"expects {shape}")
             if int(codes.max()) >= vocab or int(codes.min()) < 0:
                 raise GFTError(f"codes from {self.spec} contain ids outside the vocabulary [0, {vocab})")
+        if self.captions is not None:
+            return codes, self.captions.batch(caps, self.caption_mode)
         return codes, torch.tensor(labels, dtype=torch.long)
 
     def describe(self) -> str:
         aug = "" if self.kind == "codes" else (", random flips" if self.flip else ", no flips")
         held = f", {self.holdout:.0%} held out for validation" if self.holdout else ""
-        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec}{aug}{held})"
+        caps = f", {self.captions.describe(self.caption_mode)}" if self.captions is not None else ""
+        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec}{aug}{held}{caps})"
 
     def class_names(self) -> list[str] | None:
         names = self.meta.get("class_names")
@@ -573,18 +720,21 @@ def dataset_record(meta: dict, source: str, num_classes: int) -> dict:
     return {"name": str(name), "class_names": [str(n) for n in names]}
 
 
-def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int,
-                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int, batch_size: int = 64,
+                     captions: ShardCaptions | None = None):
     """Codes and labels of a validation set, read once without augmentation (the first view of codes samples).
 
     ``fraction`` None: every sample of ``spec`` (``--val-data``); else the samples whose key falls in the held-out
     ``fraction`` of the training shards (``--val-fraction``, see :func:`in_holdout`). At most ``limit`` samples.
+    With ``captions`` (a text-to-image run) the conditions are the samples' Caption instead of their labels.
     """
     shards = expand_shards(spec)
     for path in shards:
         check_shard(path)
-    kind = sample_kind(first_sample(shards[0]), shards[0])
-    xs, labels, out = [], [], []
+    first = first_sample(shards[0])
+    kind = sample_kind(first, shards[0])
+    mode = captions.mode(spec, read_meta(shards), first, kind) if captions is not None else None
+    xs, labels, out, caps = [], [], [], []
 
     def flush():
         if xs:
@@ -601,6 +751,7 @@ def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int
             continue
         try:
             label = int(sample["cls"].decode().strip())
+            cap = captions.decode(sample, mode) if captions is not None else None
             if kind == "codes":
                 codes = np.load(io.BytesIO(sample[CODES_KEY]), allow_pickle=False)
                 x = torch.from_numpy((codes[0] if codes.ndim >= 2 else codes).astype(np.int64))
@@ -611,12 +762,15 @@ def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int
             continue
         xs.append(x)
         labels.append(label)
+        caps.append(cap)
         if len(xs) == batch_size:
             flush()
     flush()
     if not labels:
         what = f"the held-out {fraction:.0%} of {spec}" if fraction is not None else spec
         raise GFTError(f"no validation samples in {what}")
+    if captions is not None:
+        return torch.cat(out), captions.batch(caps, mode)
     return torch.cat(out), torch.tensor(labels, dtype=torch.long)
 
 
