@@ -6,6 +6,11 @@ and in eval mode, and turns prompts into ``features (B, L, D)`` + ``mask (B, L)`
 are *left*-padded to ``L`` positions, as LlamaGen's T5 feature files: the last position is always a real token,
 so the position that predicts the first image token never sits on padding. Padded rows of ``features`` are zero.
 
+:meth:`TextEncoder.describe` (what models, code shards and checkpoints record) carries a ``fingerprint``: the
+sha256 of the weight and tokenizer-vocabulary files (:func:`text_encoder_fingerprint`), so that two encoders of the
+same type and width but different weights or vocabularies are told apart (:func:`text_encoder_differences`); the
+path is recorded too, but not compared, since the same files may be moved.
+
 A prompt longer than ``L`` tokens is refused (a GFTError naming it and its length), not truncated: a cut caption
 silently loses the attributes at its end.
 
@@ -17,6 +22,7 @@ gives each word sequence a distinct, deterministic feature sequence for the gene
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -80,16 +86,57 @@ def _read_config(path: str):
     return config
 
 
-def describe_text_encoder(path: str | os.PathLike, max_length: int) -> dict:
+# files whose content decides the features: the weights and the tokenizer's vocabulary (not the configs, which a
+# re-save by another transformers version rewrites; a changed architecture changes the weights anyway)
+FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model")
+FINGERPRINT_NAMES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt")
+DEFAULT_MAX_LENGTH = 120  # LlamaGen's T5 caption length
+
+
+def text_encoder_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 (16 hex digits) of a text-encoder directory's weight and tokenizer-vocabulary files, names included."""
+    from .fs import sha256_file
+
+    files = sorted(p for p in Path(path).iterdir() if p.is_file() and not p.name.startswith(".")
+                   and (p.suffix in FINGERPRINT_SUFFIXES or p.name in FINGERPRINT_NAMES))
+    if not any(p.suffix in FINGERPRINT_SUFFIXES[:-1] for p in files):
+        raise GFTError(f"text encoder {path} has no weights file (model.safetensors or pytorch_model.bin)")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def default_max_length(path: str | os.PathLike) -> int:
+    """The caption length of a text encoder: its ``recipe.json``'s ``max_length`` (the embedded ones), else 120."""
+    recipe = Path(path, "recipe.json")
+    return int(json.loads(recipe.read_text())["max_length"]) if recipe.is_file() else DEFAULT_MAX_LENGTH
+
+
+def describe_text_encoder(path: str | os.PathLike, max_length: int | None = None, fingerprint: bool = False) -> dict:
     """What :meth:`TextEncoder.describe` records, read from the directory's config.json alone (no weights loaded:
-    an importer checks a FLAN-T5-XL's width without reading its gigabytes)."""
+    an importer checks a FLAN-T5-XL's width without reading its gigabytes). ``fingerprint``: also hash the weight
+    files (read, not loaded), as :meth:`TextEncoder.describe` does."""
     path = str(path)
     config = _read_config(path)
     if config.model_type == "clip":
         config = config.text_config
     width = int(getattr(config, "d_model", None) or config.hidden_size)
     kind = "clip" if "clip" in config.model_type else "t5"
-    return {"path": path, "type": kind, "hidden_size": width, "max_length": int(max_length)}
+    length = int(max_length) if max_length is not None else default_max_length(path)
+    record = {"path": path, "type": kind, "hidden_size": width, "max_length": length}
+    if fingerprint:
+        record["fingerprint"] = text_encoder_fingerprint(path)
+    return record
+
+
+IDENTITY_KEYS = ("type", "hidden_size", "max_length", "fingerprint")
+
+
+def text_encoder_differences(was: dict, mine: dict) -> list[str]:
+    """How two text-encoder records differ (``'hidden_size 64 → 32'`` …), the path aside; a key only one records
+    (an older record without ``fingerprint``) is not compared."""
+    return [f"{k} {was[k]} → {mine[k]}" for k in IDENTITY_KEYS if k in was and k in mine and was[k] != mine[k]]
 
 
 class TextEncoder:
@@ -98,6 +145,7 @@ class TextEncoder:
     def __init__(self, model, tokenizer, path: str, kind: str, max_length: int):
         self.model, self.tokenizer, self.path, self.kind, self.max_length = model, tokenizer, path, kind, max_length
         self.model.requires_grad_(False).eval()
+        self._fingerprint = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, max_length: int | None = None) -> "TextEncoder":
@@ -121,8 +169,7 @@ class TextEncoder:
                 hf_logging.enable_progress_bar()
         tokenizer.padding_side = "left"
         if max_length is None:
-            recipe = Path(path, "recipe.json")
-            max_length = json.loads(recipe.read_text())["max_length"] if recipe.is_file() else 120  # LlamaGen's
+            max_length = default_max_length(path)
         return cls(model, tokenizer, path, "clip" if "clip" in config.model_type else "t5", int(max_length))
 
     @property
@@ -130,8 +177,21 @@ class TextEncoder:
         c = self.model.config
         return int(getattr(c, "d_model", None) or c.hidden_size)
 
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = text_encoder_fingerprint(self.path)
+        return self._fingerprint
+
     def describe(self) -> dict:
-        return {"path": self.path, "type": self.kind, "hidden_size": self.hidden_size, "max_length": self.max_length}
+        """What a model, code shards' ``dataset.json`` and a checkpoint record: path, type, width, caption length
+        and the fingerprint of the weight and vocabulary files."""
+        return {"path": self.path, "type": self.kind, "hidden_size": self.hidden_size, "max_length": self.max_length,
+                "fingerprint": self.fingerprint}
+
+    def to(self, device) -> "TextEncoder":
+        self.model.to(device)
+        return self
 
     @torch.no_grad()
     def encode(self, prompts, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

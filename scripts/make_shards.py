@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write webdataset tar shards of images + class ids: <key>.png (or .jpg) and <key>.cls per sample.
+"""Write webdataset tar shards of images + class ids (+ captions): <key>.png (or .jpg), <key>.cls, <key>.txt.
 
     python scripts/make_shards.py --source shapes --count 10000 --out shards/shapes           # the embedded data
     python scripts/make_shards.py --source /data/imagenet/train --image-size 256 --out shards/in256
@@ -9,10 +9,16 @@
 names give the class ids). Folder images are shuffled before sharding, so every shard mixes the classes. Without
 --image-size the original files are stored as they are (after a check that they decode); with it they are
 centre-cropped and resized (as LlamaGen's preprocessing) and re-encoded as --format. The output directory gets
-000000.tar … and dataset.json (kind, classes, count); it appears only when complete. Unreadable images are
-skipped and counted. Samples of the embedded data also get <key>.json, the sample's attributes
-(gft_tokens.data.shapes.describe: shape, colour name, size and position buckets, raw values); shard readers
-ignore it.
+000000.tar … and dataset.json (kind, classes, count, captions: how many samples have one); it appears only when
+complete. Unreadable images are skipped and counted. Samples of the embedded data also get <key>.json, the
+sample's attributes (gft_tokens.data.shapes.describe: shape, colour name, size and position buckets, raw values;
+shard readers ignore it).
+
+Captions (text-to-image, scripts/train_t2i.py): each sample of the embedded data gets its caption as <key>.txt
+(gft_tokens.data.captions.caption(seed, index), the text the in-memory t2i data uses). An image of a folder gets
+one when a caption file of the same name lies beside it — my_images/cat/1.png → my_images/cat/1.txt (UTF-8, one
+caption; an empty file counts as none); images without one are sharded without a caption. Then
+scripts/extract_codes.py --text-encoder stores the captions' features beside the codes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from gft_tokens.data.shards import (
     encode_png,
     image_folder_items,
     labelled_images,
+    read_caption,
     write_shards,
 )
 from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
@@ -67,13 +74,15 @@ def main(argv=None):
         shapes = ShapesDataset(length=args.count or 10000, seed=args.seed) if args.source == "shapes" else None
 
         def samples():
-            for key, label, image in tqdm(items, desc="shard", total=args.count):
+            for key, label, image, text in tqdm(items, desc="shard", total=args.count):
                 if image is None:
                     skipped[0] += 1
                     continue
                 if args.image_size is not None and image.size != (args.image_size, args.image_size):
                     image = center_crop(image, args.image_size)
                 sample = {"__key__": key, args.format: encode(image), "cls": str(label).encode()}
+                if text is not None:
+                    sample["txt"] = text.encode("utf-8")
                 if shapes is not None:
                     sample["json"] = json.dumps(shapes.metadata(int(key)), sort_keys=True).encode()
                 yield sample
@@ -93,14 +102,19 @@ def main(argv=None):
                 ext = path.suffix.lower().lstrip(".")
                 if ext not in ("png", "jpg", "jpeg", "webp"):
                     ext, data = args.format, encode(decode_image(data))
-                yield {"__key__": f"{i:08d}", ext: data, "cls": str(label).encode()}
+                sample = {"__key__": f"{i:08d}", ext: data, "cls": str(label).encode()}
+                text = read_caption(path)
+                if text is not None:
+                    sample["txt"] = text.encode("utf-8")
+                yield sample
 
     name = "shapes" if args.source == "shapes" else Path(args.source.rstrip("/")).name
     written = write_shards(samples(), args.out, args.shard_size,
                            {"kind": "images", "name": name, **meta, "image_size": args.image_size},
                            overwrite=args.overwrite)
     print(f"wrote {written['count']} images in {written['shards']} shard(s) to {args.out}/{written['pattern']}"
-          f" ({written['num_classes']} classes; {skipped[0]} unreadable skipped)")
+          f" ({written['num_classes']} classes, {written['captions']} with a caption; {skipped[0]} unreadable "
+          f"skipped)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,22 @@
 #!/usr/bin/env python
-"""Train a text-to-image LlamaGen with Guidance-Free Training (or the CFG baseline) on the captioned shapes data.
+"""Train a text-to-image LlamaGen with Guidance-Free Training (or the CFG baseline) on captioned images.
 
     deepspeed scripts/train_t2i.py                            # tiny GFT model, embedded captions, shapes-t5-tiny
     python scripts/train_t2i.py --objective cfg --out runs/t2i-cfg
     python scripts/train_t2i.py --init-from runs/t2i-cfg/model --steps 40 --out runs/t2i-ft
     python scripts/train_t2i.py --text-encoder path/to/flan-t5-base      # any local T5 or CLIP text model
 
-Same options and loop as scripts/train_llamagen.py, plus --text-encoder; --drop-prob is the null-caption rate.
+From shards (--data), captioned by make_shards.py and with their features stored by extract_codes.py:
+
+    python scripts/make_shards.py --source shapes --count 10000 --out shards/shapes
+    python scripts/extract_codes.py --data 'shards/shapes/*.tar' --tokenizer tokenizers/shapes-vq \\
+        --text-encoder tokenizers/shapes-t5-tiny --out shards/shapes-t2i
+    python scripts/train_t2i.py --data 'shards/shapes-t2i/{000000..000009}.tar' --val-fraction 0.05
+
+Code shards give the stored caption features (refused unless --text-encoder is the text encoder that made them);
+image shards carrying captions (<key>.txt) have them encoded by --text-encoder on the fly, and are not flipped.
+Shards without captions are refused. Same options and loop as scripts/train_llamagen.py, plus --text-encoder;
+--drop-prob is the null-caption rate. --resume refuses a --text-encoder other than the run's.
 """
 
 from __future__ import annotations

@@ -46,5 +46,6 @@ def script_main(name: str):
 
     spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", ROOT / "scripts" / name)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a script's dataclasses (train_t2i.py's options) look their module up
     spec.loader.exec_module(module)
     return module.main

@@ -226,7 +226,7 @@ def test_holdout_split_is_disjoint_deterministic_and_about_the_fraction(tmp_path
     assert len(codes) == len(held) and codes.shape[1:] == (8, 8)
     seen = set()
     ds = _Samples(shards, "codes", 1, 8, seed=0, rank=0, skip=0, buffer=4, holdout=0.3)
-    ds._decode = lambda sample, aug: (sample["__key__"], 0)  # report which samples are trained on
+    ds._decode = lambda sample, aug: (sample["__key__"], 0, None)  # report which samples are trained on
     it = iter(ds)
     for _ in range(100):
         seen.add(next(it)[0])

@@ -33,7 +33,8 @@ def test_make_shards_from_the_embedded_data(shapes_shards):
     files = expand_shards(str(shapes_shards / meta["pattern"]))
     assert [f.rsplit("/", 1)[1] for f in files] == ["000000.tar", "000001.tar", "000002.tar"]
     m = members(files[0])
-    assert len(m) == 60 and "00000000.png" in m and "00000000.cls" in m and "00000000.json" in m
+    assert len(m) == 80 and {"00000000.png", "00000000.cls", "00000000.json", "00000000.txt"} <= set(m)
+    assert meta["captions"] == 60  # each sample's caption rides along (tests/test_t2i_shards.py)
     from gft_tokens.data import ShapesDataset
 
     ds = ShapesDataset(60, seed=0)

@@ -155,8 +155,19 @@ def test_the_training_loop_trains_t2i_on_encoded_captions_and_records_the_text_e
     from gft_tokens.tokenizers import load_tokenizer
     from gft_tokens.train.loop import TrainOptions, train
 
-    with pytest.raises(GFTError, match="captioned shapes data only"):
-        train("t2i", TrainOptions(**TRAIN, data="shards/{000000..000001}.tar", out=str(tmp_path / "s")))
+    import io
+
+    import numpy as np
+
+    from gft_tokens.data.shards import write_shards
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((1, 8, 8), dtype=np.int16))
+    write_shards(iter([{"__key__": "a", "codes.npy": buf.getvalue(), "cls": b"0"}]), tmp_path / "codes", 10,
+                 {"kind": "codes", "num_classes": 10})
+    with pytest.raises(GFTError, match="a t2i run needs captions; these shards have none"):  # tests/test_t2i_shards.py
+        train("t2i", TrainOptions(**TRAIN, data=str(tmp_path / "codes" / "000000.tar"), out=str(tmp_path / "s")))
+    assert not (tmp_path / "s").exists()
     summary, path = t2i_run
     assert summary["family"] == "t2i" and summary["final_loss"] > 0
     model = load_model(path)

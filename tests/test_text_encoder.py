@@ -7,7 +7,7 @@ import torch
 
 from gft_tokens.data.captions import vocabulary
 from gft_tokens.errors import GFTError
-from gft_tokens.text_encoder import TextEncoder, build_shapes_t5
+from gft_tokens.text_encoder import TextEncoder, build_shapes_t5, describe_text_encoder, text_encoder_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "tokenizers" / "shapes-t5-tiny"
@@ -19,7 +19,10 @@ def enc():
 
 
 def test_shipped_encoder_is_frozen_left_padded_and_rebuilds_bit_for_bit(enc, tmp_path):
-    assert enc.describe() == {"path": str(SHIPPED), "type": "t5", "hidden_size": 64, "max_length": 16}
+    record = enc.describe()
+    assert record == {"path": str(SHIPPED), "type": "t5", "hidden_size": 64, "max_length": 16,
+                      "fingerprint": record["fingerprint"]} and len(record["fingerprint"]) == 16
+    assert describe_text_encoder(SHIPPED, fingerprint=True) == record  # the same record without loading weights
     assert not any(p.requires_grad for p in enc.model.parameters()) and not enc.model.training
     feats, mask = enc.encode(["a red star", "a small blue ring in the top left corner"])
     assert feats.shape == (2, 16, 64) and mask.shape == (2, 16) and mask.dtype == torch.bool
@@ -32,6 +35,19 @@ def test_shipped_encoder_is_frozen_left_padded_and_rebuilds_bit_for_bit(enc, tmp
     rebuilt = TextEncoder.from_pretrained(build_shapes_t5(tmp_path / "t5"))
     torch.testing.assert_close(rebuilt.encode(["a red star"])[0], alone, rtol=0, atol=0)
     assert set(vocabulary()) <= set(enc.tokenizer.get_vocab())
+    assert rebuilt.describe()["fingerprint"] == record["fingerprint"]  # the same files, wherever they lie
+
+
+def test_the_fingerprint_tells_encoders_of_the_same_shape_apart(enc, tmp_path):
+    """Another seed gives a T5 of the same type, width and caption length: only the weights' fingerprint differs."""
+    other = TextEncoder.from_pretrained(build_shapes_t5(tmp_path / "seed1", seed=1)).describe()
+    mine = enc.describe()
+    assert other["fingerprint"] != mine["fingerprint"]
+    assert text_encoder_differences(mine, other) == [f"fingerprint {mine['fingerprint']} → {other['fingerprint']}"]
+    assert text_encoder_differences(mine, {**mine, "path": "elsewhere"}) == []  # moved files are the same encoder
+    old = {k: v for k, v in mine.items() if k != "fingerprint"}  # a record from before fingerprints: not compared
+    assert text_encoder_differences(old, other) == []
+    assert text_encoder_differences(mine, {**mine, "hidden_size": 32}) == ["hidden_size 64 → 32"]
 
 
 def test_empty_and_overlong_prompts_are_refused_not_truncated(enc):

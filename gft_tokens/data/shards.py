@@ -4,7 +4,19 @@ A shard is a tar file of samples, one sample per key: ``<key>.cls`` (the class i
 (``<key>.png`` / ``.jpg`` / ``.jpeg`` / ``.webp``) or tokenizer codes (``<key>.codes.npy``, int array of shape
 (views, *token_shape), written by ``scripts/extract_codes.py``). Other members (e.g. ``<key>.json``, the
 attributes ``make_shards.py`` stores for the embedded data) are ignored by the readers. ``dataset.json`` beside the
-shards records the kind, the number of classes and, for codes, the tokenizer that produced them.
+shards records the kind, the number of classes, how many samples carry a caption and, for codes, the tokenizer
+that produced them.
+
+Captions (text-to-image): ``<key>.txt``, the caption text (UTF-8; ``make_shards.py`` writes the embedded data's
+captions and the ``<image>.txt`` files found beside an image folder's images), and, in code shards written by
+``extract_codes.py --text-encoder``, the text encoder's features ``<key>.capfeat.npy`` (L, C) float32 (left-padded,
+zero at padding) and mask ``<key>.capmask.npy`` (L,) bool, as LlamaGen's precomputed T5 feature files;
+``dataset.json`` then records the text encoder (:meth:`gft_tokens.text_encoder.TextEncoder.describe`, with its
+weights' fingerprint). A stream given :class:`ShardCaptions` (a t2i run) yields each sample's
+:class:`~gft_tokens.conditioning.Caption` instead of its class id: the stored features, refused unless the run's
+text encoder made them, or else the caption text encoded by the run's text encoder in the training process (as
+images are encoded by the tokenizer there). Shards without captions are refused for such a run; a class-conditional
+run reads caption shards as any others (the captions are ignored).
 
 Training reads ``--data 'shards/{000000..000031}.tar'`` (brace ranges and globs): shards are split by rank
 (``shards[rank::world]``) and then by DataLoader worker, the shard order is reshuffled every epoch and samples pass
@@ -19,7 +31,8 @@ Data position: the stream of each rank is a deterministic function of (seed, ran
 workers, the shards). Its position is the number of samples the rank has consumed, ``step × grad_accum ×
 batch_size``; resuming skips that many samples of the same stream (reading them, without decoding images), so a
 resumed run sees the samples an uninterrupted one would — exactly, unless a sample in the skipped range failed to
-decode (those are not counted when skipping) or the world size / worker count changed. There is no epoch counter:
+decode or had a caption too long for the text encoder (those are not counted when skipping) or the world size /
+worker count changed. There is no epoch counter:
 each rank cycles through its shards indefinitely.
 """
 
@@ -42,6 +55,9 @@ from ..errors import GFTError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 CODES_KEY = "codes.npy"
+CAPTION_KEY = "txt"  # the caption text
+FEATURES_KEY = "capfeat.npy"  # its text-encoder features (L, C) float32
+MASK_KEY = "capmask.npy"  # and their mask (L,) bool, True at real tokens
 META_NAME = "dataset.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -192,7 +208,7 @@ def encode_jpg(image, quality: int = 95) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sources (for make_shards.py / extract_codes.py): (key, PIL image or None if unreadable, label)
+# Sources (for make_shards.py / extract_codes.py): (key, label, PIL image or None if unreadable, caption or None)
 # ---------------------------------------------------------------------------------------------------------------
 def image_folder_items(root: str | Path, seed: int = 0) -> tuple[list[tuple[Path, int]], list[str]]:
     """Files of an image folder with one sub-folder per class: shuffled (file, class id) pairs and class names."""
@@ -210,10 +226,50 @@ def image_folder_items(root: str | Path, seed: int = 0) -> tuple[list[tuple[Path
     return items, classes
 
 
-def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_size: int = 32):
-    """``(meta, iterator of (key, label, PIL image or None when unreadable))`` for ``data``: ``'shapes'`` (the
-    embedded dataset, ``count`` images), an image folder with one sub-folder per class, or a shard pattern."""
+def caption_file(image: str | Path) -> Path:
+    """Where an image's optional caption lives: the ``.txt`` file of the same name beside it (``cat/1.png`` →
+    ``cat/1.txt``)."""
+    return Path(image).with_suffix(".txt")
+
+
+def read_caption(image: str | Path) -> str | None:
+    """The caption of an image folder's image (its :func:`caption_file`, UTF-8, stripped), None if it has none (no
+    file, or an empty one)."""
+    path = caption_file(image)
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise GFTError(f"caption file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return text or None
+
+
+def shard_caption(sample: dict) -> str | None:
+    """The caption text of a raw shard sample (``<key>.txt``), None if it has none."""
+    try:
+        return sample[CAPTION_KEY].decode("utf-8").strip() or None
+    except (KeyError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def _missing_captions(problem: str) -> GFTError:
+    return GFTError(f"{problem}; caption features need a caption for every sample — add the captions (an "
+                    f"<image>.txt beside each image, then make_shards.py), or leave out --text-encoder")
+
+
+def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_size: int = 32,
+                    require_captions: bool = False):
+    """``(meta, iterator of (key, label, PIL image or None when unreadable, caption or None))`` for ``data``:
+    ``'shapes'`` (the embedded dataset, ``count`` images, each with its caption
+    :func:`gft_tokens.data.captions.caption`), an image folder with one sub-folder per class (captions: the
+    optional :func:`caption_file` of each image), or a shard pattern (captions: ``<key>.txt``).
+
+    ``require_captions``: refuse a sample without a caption — for a folder, and shards whose ``dataset.json`` counts
+    their captions, before any image is read (naming how many lack one and the first); otherwise at the first such
+    sample (a GFTError raised by the iterator)."""
     if data == "shapes":
+        from .captions import caption
         from .shapes import CLASS_NAMES, ShapesDataset, render
 
         from PIL import Image
@@ -224,12 +280,17 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
             for i in range(len(ds)):
                 p = ds.params(i)
                 arr = ((render(p, shapes_size) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-                yield f"{i:08d}", p.label, Image.fromarray(arr)
+                yield f"{i:08d}", p.label, Image.fromarray(arr), caption(seed, i)
 
         return {"num_classes": len(CLASS_NAMES), "class_names": list(CLASS_NAMES), "source": "shapes"}, shapes()
     if Path(data).is_dir():
         items, classes = image_folder_items(data, seed)
         items = items[:count] if count else items
+        if require_captions:
+            missing = [path for path, _ in items if read_caption(path) is None]
+            if missing:
+                raise _missing_captions(f"{len(missing)} of {len(items)} images of {data} have no caption (first: "
+                                        f"{missing[0]}, no {caption_file(missing[0]).name} beside it)")
 
         def folder():
             for i, (path, label) in enumerate(items):
@@ -237,7 +298,7 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
                     image = decode_image(path.read_bytes())
                 except Exception:
                     image = None
-                yield f"{i:08d}", label, image
+                yield f"{i:08d}", label, image, read_caption(path)
 
         return {"num_classes": len(classes), "class_names": classes, "source": str(data)}, folder()
     shards = expand_shards(data)
@@ -247,6 +308,10 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
     kind = sample_kind(first_sample(shards[0]), shards[0])
     if kind != "images":
         raise GFTError(f"{data} holds {kind}, not images")
+    if require_captions and isinstance(meta.get("captions"), int) and isinstance(meta.get("count"), int):
+        if meta["captions"] < meta["count"]:
+            raise _missing_captions(f"{meta['count'] - meta['captions']} of {meta['count']} samples of {data} have "
+                                    f"no caption (its {META_NAME} counts {meta['captions']} captions)")
     skipped = [0]
 
     def count_error(_exn) -> bool:
@@ -259,15 +324,20 @@ def labelled_images(data: str, count: int | None = None, seed: int = 0, shapes_s
             if count and n >= count:
                 return
             n += 1
+            key = sample.get("__key__", f"{n:08d}")
             try:
                 label = int(sample["cls"].decode().strip())
                 image = decode_image(next(sample[k] for k in IMAGE_KEYS if k in sample))
             except Exception:
-                yield sample.get("__key__", f"{n:08d}"), -1, None
+                yield key, -1, None, None
                 continue
-            yield sample["__key__"], label, image
+            text = shard_caption(sample)
+            if require_captions and text is None:
+                raise _missing_captions(f"sample {key!r} of {data} has no caption (no <key>.{CAPTION_KEY}; it is "
+                                        f"sample {n}, the first without one)")
+            yield sample["__key__"], label, image, text
         for _ in range(skipped[0]):
-            yield "unreadable", -1, None
+            yield "unreadable", -1, None, None
 
     meta = {k: meta[k] for k in ("num_classes", "class_names", "name") if k in meta}
     return {**meta, "source": data}, from_shards()
@@ -283,7 +353,8 @@ def shard_dir_owned(name: str) -> bool:
 
 def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta: dict,
                  overwrite: bool = False) -> dict:
-    """Write ``samples`` (dicts of ``__key__`` and bytes per extension) as ``out/000000.tar`` … + ``dataset.json``.
+    """Write ``samples`` (dicts of ``__key__`` and bytes per extension) as ``out/000000.tar`` … + ``dataset.json``
+    (``meta`` plus ``count``, ``shards``, ``pattern`` and ``captions``, the number of samples with a caption).
 
     The directory appears only when complete (written beside it and renamed). Returns the metadata written.
     """
@@ -293,7 +364,7 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
 
     if shard_size <= 0:
         raise GFTError(f"shard size must be positive, got {shard_size}")
-    count, shards, writer = 0, 0, None
+    count, shards, captions, writer = 0, 0, 0, None
     with atomic_dir(out, owned=shard_dir_owned, overwrite=overwrite) as tmp:
         try:
             for sample in samples:
@@ -304,13 +375,14 @@ def write_shards(samples: Iterable[dict], out: str | Path, shard_size: int, meta
                     shards += 1
                 writer.write(sample)
                 count += 1
+                captions += CAPTION_KEY in sample
         finally:
             if writer is not None:
                 writer.close()
         if count == 0:
             raise GFTError("no samples to write (every input was unreadable?)")
         meta = {**meta, "count": count, "shards": shards,
-                "pattern": f"{{000000..{shards - 1:06d}}}.tar"}
+                "pattern": f"{{000000..{shards - 1:06d}}}.tar", "captions": captions}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -328,27 +400,150 @@ def _complete(sample: dict) -> bool:
     return "cls" in sample and (CODES_KEY in sample or any(k in sample for k in IMAGE_KEYS))
 
 
+class ShardCaptions:
+    """The captions a text-to-image run reads from shards, for its text encoder at ``path`` (see the module doc).
+
+    :meth:`mode` checks a set of shards: ``'features'`` when they store caption features (``extract_codes.py
+    --text-encoder``), refused unless this text encoder made them (type, width, caption length and weights
+    fingerprint; the path may differ); ``'text'`` when they carry only caption text (``make_shards.py``), which is
+    encoded by this text encoder in the training process — a caption too long for it is skipped and counted like
+    an unreadable sample (refused at once if it is the first sample's). Shards with neither are refused.
+    The record (:attr:`record`) is read from the directory without loading the weights; they are loaded only to
+    encode text.
+    """
+
+    def __init__(self, path: str):
+        from ..text_encoder import describe_text_encoder
+
+        self.path = str(path)
+        self.record = describe_text_encoder(self.path, fingerprint=True)
+        self._encoder = self._tokenizer = None
+        self._device = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(L, C) of one caption's features."""
+        return self.record["max_length"], self.record["hidden_size"]
+
+    def __getstate__(self):  # a DataLoader worker gets the record, and loads the tokenizer itself if it needs it
+        return {**self.__dict__, "_encoder": None, "_tokenizer": None}
+
+    def encoder(self):
+        if self._encoder is None:
+            from ..text_encoder import TextEncoder
+
+            self._encoder = TextEncoder.from_pretrained(self.path, max_length=self.record["max_length"])
+            if self._device is not None:
+                self._encoder.to(self._device)
+        return self._encoder
+
+    def to(self, device) -> None:
+        self._device = device
+        if self._encoder is not None:
+            self._encoder.to(device)
+
+    def tokens(self, text: str) -> int:
+        """How many tokens the text encoder's tokenizer makes of ``text`` (its end-of-text token included)."""
+        if self._tokenizer is None:  # the encoder's, or (in a DataLoader worker) the tokenizer alone
+            if self._encoder is not None:
+                self._tokenizer = self._encoder.tokenizer
+            else:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        return len(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def mode(self, spec: str, meta: dict, sample: dict, kind: str) -> str:
+        """'features' or 'text' for the shards ``spec`` (``meta``: their dataset.json; ``sample``: their first raw
+        sample); refuses shards without captions and features of another text encoder (see the class doc)."""
+        from ..text_encoder import text_encoder_differences
+
+        key = sample.get("__key__")
+        if meta.get("captions") == 0 or (FEATURES_KEY not in sample and CAPTION_KEY not in sample):
+            held = sorted(k for k in sample if not k.startswith("__"))
+            raise GFTError(f"a t2i run needs captions; these shards have none — sample {key!r} of {spec} holds "
+                           f"{held}" + (f" and {META_NAME} counts 0 captions" if meta.get("captions") == 0 else "")
+                           + ": shard captioned images with make_shards.py (the embedded data, or an <image>.txt "
+                           "beside each image) and store their features with extract_codes.py --text-encoder DIR")
+        if FEATURES_KEY in sample:
+            made = meta.get("text_encoder")
+            if not isinstance(made, dict):
+                raise GFTError(f"the caption features in {spec} do not say which text encoder made them (no "
+                               f"text_encoder in {META_NAME}): extract them again with extract_codes.py "
+                               f"--text-encoder {self.path}")
+            diffs = text_encoder_differences(made, self.record)
+            if diffs:
+                raise GFTError(f"the caption features in {spec} were made by the text encoder {made.get('path')}, "
+                               f"not by this run's --text-encoder {self.path} ({'; '.join(diffs)}): train with "
+                               f"--text-encoder {made.get('path')}, or extract the features again with "
+                               f"extract_codes.py --text-encoder {self.path}")
+            return "features"
+        text = shard_caption(sample)
+        if text is not None and self.tokens(text) > self.shape[0]:
+            raise GFTError(f"the caption of sample {key!r} of {spec} is {self.tokens(text)} tokens long, more than "
+                           f"the text encoder {self.path} takes ({self.shape[0]}): use a text encoder with a longer "
+                           f"caption length (captions are skipped, not truncated)")
+        return "text"
+
+    def decode(self, sample: dict, mode: str):
+        """One raw sample's caption: (features (L, C) float32, mask (L,) bool) or its text (raises if it has none,
+        or one too long for the text encoder: the sample is skipped)."""
+        if mode == "features":
+            feats = np.load(io.BytesIO(sample[FEATURES_KEY]), allow_pickle=False)
+            mask = np.load(io.BytesIO(sample[MASK_KEY]), allow_pickle=False)
+            if feats.shape != self.shape or mask.shape != self.shape[:1]:
+                raise ValueError(f"caption features of shape {feats.shape} / mask {mask.shape}, not {self.shape}")
+            return torch.from_numpy(feats.astype(np.float32)), torch.from_numpy(mask.astype(bool))
+        text = shard_caption(sample)
+        if text is None:
+            raise ValueError("no caption")
+        if self.tokens(text) > self.shape[0]:
+            raise ValueError(f"caption longer than {self.shape[0]} tokens")
+        return text
+
+    def batch(self, captions: list, mode: str, batch_size: int = 256):
+        """The :class:`~gft_tokens.conditioning.Caption` of decoded captions (text encoded ``batch_size`` at a time)."""
+        from ..conditioning import Caption
+
+        if mode == "features":
+            return Caption(torch.stack([f for f, _ in captions]), torch.stack([m for _, m in captions]))
+        feats, masks = [], []
+        for i in range(0, len(captions), batch_size):
+            f, m = self.encoder().encode(list(captions[i:i + batch_size]), max_length=self.shape[0])
+            feats.append(f)
+            masks.append(m)
+        return Caption(torch.cat(feats), torch.cat(masks))
+
+    def describe(self, mode: str) -> str:
+        if mode == "features":
+            return f"captions: stored features of {self.path}"
+        return f"captions encoded by {self.path} on the fly"
+
+
 class _Samples(torch.utils.data.IterableDataset):
-    """One rank's endless stream of decoded samples ``(tensor, label, skipped_since_last)``; see the module doc."""
+    """One rank's endless stream of decoded samples ``(tensor, label, caption or None, skipped_since_last)``; see
+    the module doc."""
 
     def __init__(self, shards, kind, num_classes, image_size, seed, rank, skip, buffer, flip=True,
-                 holdout=0.0):
+                 holdout=0.0, captions: ShardCaptions | None = None, caption_mode: str | None = None):
         super().__init__()
         self.shards, self.kind, self.num_classes, self.image_size = shards, kind, num_classes, image_size
         self.seed, self.rank, self.skip, self.buffer = seed, rank, skip, buffer
         self.flip, self.holdout = flip, holdout
+        self.captions, self.caption_mode = captions, caption_mode
 
     def _decode(self, sample: dict, aug: int):
         label = int(sample["cls"].decode().strip())
-        if not 0 <= label < self.num_classes:
+        if self.captions is None and not 0 <= label < self.num_classes:  # captioned: the class id is no condition
             raise ValueError(f"class id {label} outside [0, {self.num_classes})")
+        cap = self.captions.decode(sample, self.caption_mode) if self.captions is not None else None
         if self.kind == "codes":
             codes = np.load(io.BytesIO(sample[CODES_KEY]), allow_pickle=False)
             codes = codes[aug % codes.shape[0]] if codes.ndim >= 2 else codes
-            return torch.from_numpy(codes.astype(np.int64)), label
+            return torch.from_numpy(codes.astype(np.int64)), label, cap
         data = next(sample[k] for k in IMAGE_KEYS if k in sample)
         x = to_tensor(center_crop(decode_image(data), self.image_size))
-        return (torch.flip(x, dims=[-1]) if self.flip and aug & 1 else x), label
+        return (torch.flip(x, dims=[-1]) if self.flip and aug & 1 else x), label, cap
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -386,12 +581,12 @@ class _Samples(torch.utils.data.IterableDataset):
                     good += 1
                     continue
                 try:
-                    x, label = self._decode(sample, aug)
+                    x, label, cap = self._decode(sample, aug)
                 except Exception:
                     skipped[0] += 1
                     continue
                 good += 1
-                yield x, label, skipped[0]
+                yield x, label, cap, skipped[0]
                 skipped[0] = 0
             if good == 0:
                 raise GFTError(f"no readable samples in shards {', '.join(order[worker::workers][:3])} "
@@ -404,11 +599,14 @@ class ShardStream:
     >>> stream = ShardStream("shards/{000000..000031}.tar", tokenizer=tok, rank=0, world=1, batch_size=64)
     >>> stream.start(skip=0)
     >>> codes, labels = stream.next_batch()       # (64, *token grid) int64, (64,) int64
+
+    With ``captions`` (a :class:`ShardCaptions`, a text-to-image run) the condition of a batch is the
+    :class:`~gft_tokens.conditioning.Caption` of its samples instead of their class ids.
     """
 
     def __init__(self, spec: str, *, tokenizer, rank: int, world: int, batch_size: int, seed: int = 0,
                  workers: int = 2, num_classes: int | None = None, buffer: int = 1000, flip: bool = True,
-                 holdout: float = 0.0):
+                 holdout: float = 0.0, captions: ShardCaptions | None = None):
         self.spec, self.tokenizer, self.batch_size = spec, tokenizer, batch_size
         self.rank, self.seed, self.buffer, self.flip, self.holdout = rank, seed, buffer, flip, holdout
         self.all_shards = None
@@ -419,10 +617,15 @@ class ShardStream:
         for path in self.shards:
             check_shard(path)
         self.meta = read_meta(shards)
-        self.kind = sample_kind(first_sample(self.shards[0]), self.shards[0])
+        first = first_sample(self.shards[0])
+        self.kind = sample_kind(first, self.shards[0])
         if self.meta.get("kind") not in (None, self.kind):
             raise GFTError(f"{META_NAME} says the shards hold {self.meta['kind']}, but they hold {self.kind}")
+        self.captions = captions
+        self.caption_mode = captions.mode(spec, self.meta, first, self.kind) if captions is not None else None
         self.num_classes = num_classes if num_classes is not None else self.meta.get("num_classes")
+        if captions is not None:
+            self.num_classes = 0  # the captions are the condition; class ids are read but not used
         if self.num_classes is None:
             raise GFTError(f"the number of classes is unknown: the shards have no {META_NAME} with num_classes; "
                            "pass --num-classes")
@@ -445,22 +648,30 @@ class ShardStream:
     def start(self, skip: int = 0) -> None:
         """Begin the stream after ``skip`` samples of this rank (the position of a resumed run)."""
         dataset = _Samples(self.shards, self.kind, self.num_classes, self.tokenizer.image_size, self.seed,
-                           self.rank, skip, self.buffer, flip=self.flip, holdout=self.holdout)
+                           self.rank, skip, self.buffer, flip=self.flip, holdout=self.holdout,
+                           captions=self.captions, caption_mode=self.caption_mode)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
                                              persistent_workers=False)
         self._iter = iter(loader)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def text_encoder(self) -> dict | None:
+        """The record of the text encoder whose features a captioned stream gives (None for class ids)."""
+        return self.captions.record if self.captions is not None else None
+
+    def next_batch(self):
+        """Codes (B, *token grid) and the batch's condition: class ids (B,), or a Caption with ``captions``."""
         if self._iter is None:
             self.start(0)
-        xs, labels = [], []
+        xs, labels, caps = [], [], []
         for _ in range(self.batch_size):
             try:
-                x, label, skipped = next(self._iter)
+                x, label, cap, skipped = next(self._iter)
             except GFTError as exc:  # raised in a DataLoader worker: keep the message, drop the traceback
                 raise GFTError(str(exc).strip().splitlines()[-1].split("GFTError: ")[-1]) from None
             xs.append(x)
             labels.append(int(label))
+            caps.append(cap)
             self.skipped += int(skipped)
         want = self._expect[1] if self._expect is not None and self.kind == "codes" else tuple(xs[0].shape)
         odd = next((i for i, x in enumerate(xs) if tuple(x.shape) != want), None)
@@ -480,12 +691,15 @@ class ShardStream:
                                f"expects {shape}")
             if int(codes.max()) >= vocab or int(codes.min()) < 0:
                 raise GFTError(f"codes from {self.spec} contain ids outside the vocabulary [0, {vocab})")
+        if self.captions is not None:
+            return codes, self.captions.batch(caps, self.caption_mode)
         return codes, torch.tensor(labels, dtype=torch.long)
 
     def describe(self) -> str:
         aug = "" if self.kind == "codes" else (", random flips" if self.flip else ", no flips")
         held = f", {self.holdout:.0%} held out for validation" if self.holdout else ""
-        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec}{aug}{held})"
+        caps = f", {self.captions.describe(self.caption_mode)}" if self.captions is not None else ""
+        return f"{len(self.shards)} shard(s) of {self.kind} on this rank ({self.spec}{aug}{held}{caps})"
 
     def class_names(self) -> list[str] | None:
         names = self.meta.get("class_names")
@@ -506,18 +720,21 @@ def dataset_record(meta: dict, source: str, num_classes: int) -> dict:
     return {"name": str(name), "class_names": [str(n) for n in names]}
 
 
-def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int,
-                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int, batch_size: int = 64,
+                     captions: ShardCaptions | None = None):
     """Codes and labels of a validation set, read once without augmentation (the first view of codes samples).
 
     ``fraction`` None: every sample of ``spec`` (``--val-data``); else the samples whose key falls in the held-out
     ``fraction`` of the training shards (``--val-fraction``, see :func:`in_holdout`). At most ``limit`` samples.
+    With ``captions`` (a text-to-image run) the conditions are the samples' Caption instead of their labels.
     """
     shards = expand_shards(spec)
     for path in shards:
         check_shard(path)
-    kind = sample_kind(first_sample(shards[0]), shards[0])
-    xs, labels, out = [], [], []
+    first = first_sample(shards[0])
+    kind = sample_kind(first, shards[0])
+    mode = captions.mode(spec, read_meta(shards), first, kind) if captions is not None else None
+    xs, labels, out, caps = [], [], [], []
 
     def flush():
         if xs:
@@ -534,6 +751,7 @@ def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int
             continue
         try:
             label = int(sample["cls"].decode().strip())
+            cap = captions.decode(sample, mode) if captions is not None else None
             if kind == "codes":
                 codes = np.load(io.BytesIO(sample[CODES_KEY]), allow_pickle=False)
                 x = torch.from_numpy((codes[0] if codes.ndim >= 2 else codes).astype(np.int64))
@@ -544,12 +762,15 @@ def validation_codes(spec: str, tokenizer, *, fraction: float | None, limit: int
             continue
         xs.append(x)
         labels.append(label)
+        caps.append(cap)
         if len(xs) == batch_size:
             flush()
     flush()
     if not labels:
         what = f"the held-out {fraction:.0%} of {spec}" if fraction is not None else spec
         raise GFTError(f"no validation samples in {what}")
+    if captions is not None:
+        return torch.cat(out), captions.batch(caps, mode)
     return torch.cat(out), torch.tensor(labels, dtype=torch.long)
 
 
@@ -566,7 +787,7 @@ def load_labelled_images(data: str, *, size: int | None = None, count: int | Non
 
     meta, items = labelled_images(data, count=count, seed=seed, shapes_size=size or 32)
     images, labels = [], []
-    for _, label, image in tqdm(items, desc=desc, leave=False, total=count):
+    for _, label, image, _ in tqdm(items, desc=desc, leave=False, total=count):
         if image is None or label < 0:
             continue
         if size is None:
@@ -586,7 +807,7 @@ def data_image_size(data: str) -> int | None:
     if data == "shapes":
         return None
     _, items = labelled_images(data, count=1)
-    for _, _, image in items:
+    for _, _, image, _ in items:
         if image is not None:
             return min(image.size)
     return None

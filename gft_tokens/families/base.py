@@ -145,6 +145,23 @@ class Adapter:
         """Refuse extracted training data that does not fit the model."""
         check_codes_match(data, config.vocab_size, self.token_shape(config))
 
+    def stream_options(self, options) -> dict:
+        """Keyword arguments the family adds to its shard streams (:class:`~gft_tokens.data.shards.ShardStream`,
+        and ``validation_codes`` for ``captions``); none by default (t2i: the captions and no flips)."""
+        return {}
+
+    def check_stream(self, stream, config) -> None:
+        """Refuse a shard stream whose conditions do not fit the model (the codes are checked by the stream)."""
+
+    def condition_record(self, data) -> dict | None:
+        """What the conditions of ``data`` (extracted data or a shard stream) were made with, kept in every
+        checkpoint and compared on ``--resume``; None (class ids) by default, t2i: the text encoder's record."""
+        return None
+
+    def check_resume(self, saved: dict, data, options, where) -> None:
+        """Refuse to resume the checkpoint ``where`` (its training state ``saved``) with conditions made otherwise
+        than by this run's; checked before anything of the checkpoint is loaded."""
+
 
 def square_grid(tokenizer, family: str) -> int:
     h, w = tokenizer.grid_size

@@ -236,9 +236,10 @@ def _validate(module, adapter, objective, val, o: TrainOptions, device) -> dict:
     return {k: round(v / n, 5) for k, v in totals.items()}
 
 
-def _validation_set(o: TrainOptions, tokenizer, data):
+def _validation_set(o: TrainOptions, tokenizer, data, captions=None):
     """(codes, labels) of the validation set, or None; for the embedded data with --val-fraction, also the
-    training data with the held-out images removed."""
+    training data with the held-out images removed. ``captions`` (a ShardCaptions, text-to-image): validation
+    shards give (codes, Caption)."""
     from ..data.shards import validation_codes
 
     if o.val_data and o.val_fraction:
@@ -248,11 +249,12 @@ def _validation_set(o: TrainOptions, tokenizer, data):
     if o.val_every <= 0 or o.val_samples <= 0:
         raise GFTError("val_every and val_samples must be positive")
     if o.val_data:
-        return validation_codes(o.val_data, tokenizer, fraction=None, limit=o.val_samples), data
+        return validation_codes(o.val_data, tokenizer, fraction=None, limit=o.val_samples, captions=captions), data
     if not o.val_fraction:
         return None, data
     if data is None:  # shards: the samples whose key hashes into the held-out fraction
-        return validation_codes(o.data, tokenizer, fraction=o.val_fraction, limit=o.val_samples), data
+        return validation_codes(o.data, tokenizer, fraction=o.val_fraction, limit=o.val_samples,
+                                captions=captions), data
     n_val = min(o.val_samples, max(1, int(round(len(data) * o.val_fraction))))
     if len(data) - n_val < 1:
         raise GFTError(f"val_fraction {o.val_fraction} leaves no training images")
@@ -282,8 +284,9 @@ def check_run_dir(out: Path, o: TrainOptions) -> None:
                        f"to replace it")
 
 
-def _check_resume_pairing(directory: Path, tokenizer, o: TrainOptions) -> None:
-    """The checkpoint's tokenizer and EMA must be this run's, checked before DeepSpeed reads a byte."""
+def _check_resume_pairing(directory: Path, tokenizer, o: TrainOptions, adapter=None, data=None) -> None:
+    """The checkpoint's tokenizer, conditions (the family's ``check_resume``: t2i, the text encoder) and EMA must
+    be this run's, checked before DeepSpeed reads a byte."""
     try:
         saved = json.loads((directory / E.TRAINING_STATE).read_text())
     except (OSError, json.JSONDecodeError):
@@ -292,6 +295,8 @@ def _check_resume_pairing(directory: Path, tokenizer, o: TrainOptions) -> None:
     if was is not None and json.loads(json.dumps(mine)) != was:
         raise GFTError(f"cannot resume: {directory} was trained with the tokenizer {was}, but --tokenizer "
                        f"{o.tokenizer} is {mine}")
+    if adapter is not None:
+        adapter.check_resume(saved, data, o, directory)
     if o.ema and saved.get("ema") is False:
         raise GFTError(f"cannot resume with --ema: {directory} was saved without EMA weights (resume without --ema, "
                        f"or start a new run with --overwrite)")
@@ -340,10 +345,12 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
                                   grad_accum=o.grad_accum, world=world, grad_clip=o.grad_clip, bf16=o.bf16)
     stage = E.zero_stage(ds_cfg)
     data = stream = None
+    # what the family reads from shards besides codes and class ids (t2i: captions, unflipped images)
+    shard_options = adapter.stream_options(o) if o.data != "shapes" or o.val_data else {}
     if o.data != "shapes":  # webdataset shards, a stream per rank (checked before anything is written)
         stream = ShardStream(o.data, tokenizer=tokenizer, rank=rank, world=world, batch_size=o.batch_size,
-                             seed=o.seed, workers=o.data_workers, num_classes=o.num_classes, flip=o.flip,
-                             holdout=o.val_fraction if not o.val_data else 0.0)
+                             seed=o.seed, workers=o.data_workers, num_classes=o.num_classes,
+                             holdout=o.val_fraction if not o.val_data else 0.0, **{"flip": o.flip, **shard_options})
     if rank == 0:
         check_writable(out)  # created (with what goes in it) only once the inputs have checked out
         check_run_dir(out, o)
@@ -354,19 +361,21 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         if rank != 0:
             data = adapter.shapes_data(tokenizer, o)
     num_classes = data.num_classes if stream is None else stream.num_classes
-    val, data = _validation_set(o, tokenizer, data)
+    val, data = _validation_set(o, tokenizer, data, shard_options.get("captions"))
     if stream is None:
         dataset = {"name": "shapes", "class_names": list(CLASS_NAMES)}
     else:
         dataset = dataset_record(stream.meta, o.data, num_classes)
 
-    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset, data)
+    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset,
+                         data if stream is None else stream)
     if num_classes > model.config.num_classes:
         raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
     if stream is None:
         adapter.check_data(data, model.config)
     else:
         stream.expect(model.config.vocab_size, adapter.token_shape(model.config))
+        adapter.check_stream(stream, model.config)
     if val is not None:
         _check_val(val, getattr(model.config, "vocab_size", None), adapter.token_shape(model.config))
     if rank == 0:  # every input has checked out: from here on this process owns <out>
@@ -390,6 +399,9 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     module = engine.module
     if stream is not None and stream.kind == "images":
         tokenizer.to(engine.device)  # images are encoded on the fly, on the training device
+    if stream is not None and stream.captions is not None:
+        stream.captions.to(engine.device)  # and caption text (when the shards store no features)
+    conditions = adapter.condition_record(data if stream is None else stream)  # kept in every checkpoint
     ema = E.EMA(module, o.ema_decay, stage) if o.ema else None
     gen = torch.Generator().manual_seed(o.seed * 1000 + rank)
     objective = family.objective(o.objective)
@@ -400,7 +412,7 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         if tag is None:
             log(f"--resume: no checkpoint in {ckpt_root}; starting from scratch")
         else:
-            _check_resume_pairing(ckpt_root / tag, tokenizer, o)
+            _check_resume_pairing(ckpt_root / tag, tokenizer, o, adapter, data if stream is None else stream)
             client = E.load_checkpoint(engine, ckpt_root, tag, to_dict(o), RESUME_KEYS, world)
             start_step, skipped = int(client["step"]), int(client.get("skipped", 0))
             rs = E.load_rank_state(ckpt_root, tag, rank)
@@ -424,12 +436,17 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     if getattr(module, "beta_embedder", None) is not None:
         log(f"β embedder at {beta_embed_lr(o):g} × the learning rate"
             + (" (--beta-embed-lr 1 for the paper's single rate)" if beta_embed_lr(o) != 1 else ""))
-    if getattr(data, "captions", None) is not None:  # text-to-image: the condition is each image's caption
-        condition = f"captions encoded by {data.text_encoder.get('path')}"
+    if conditions is not None and "path" in conditions:  # text-to-image: the condition is each image's caption
+        condition = f"captions encoded by {conditions.get('path')}"
     else:
         condition = (f"{num_classes} classes ({', '.join(dataset['class_names'][:10])}"
                      f"{' …' if num_classes > 10 else ''})")
-    flips = o.flip and (stream is not None or data.views > 1)  # t2i data keeps one view: a mirror flips "left"
+    # t2i data keeps one view and t2i image shards are not flipped (a mirror flips "left"); code shards carry the
+    # views their extraction stored
+    if stream is None:
+        flips = o.flip and data.views > 1
+    else:
+        flips = stream.flip if stream.kind == "images" else bool(stream.meta.get("flip", o.flip))
     log(f"dataset {dataset['name']}: {condition}; flips {'on' if flips else 'off'}; validation: "
         + (f"{len(val[0])} samples every {o.val_every} steps" if val is not None else "none"))
 
@@ -445,7 +462,7 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
 
     def checkpoint(step: int) -> None:
         client = {"step": step, "options": to_dict(o), "skipped": skipped, "tokenizer": tokenizer.describe(),
-                  "ema": ema is not None}
+                  "ema": ema is not None, "conditions": conditions}
         rank_state = {"torch_rng": torch.get_rng_state(), "generator": gen.get_state()}
         if ema is not None:
             rank_state["ema"] = ema.state_dict()
