@@ -35,7 +35,7 @@ import re
 import torch
 
 from ...errors import GFTError
-from ...importing import Converted, Importer
+from ...importing import Converted, Importer, add_fresh_beta_embedder
 
 GPT_IGNORED = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
 _LAYER = re.compile(r"^layers\.(\d+)\.")
@@ -177,11 +177,7 @@ def with_beta_embedder(state: dict, config, beta_embed: bool, notes: list[str]) 
         state.update({"beta_embedder." + k[len("t_embedder."):]: v for k, v in beta_keys.items()})
         notes.append("β embedder imported from the GFT checkpoint's t_embedder")
     elif beta_embed:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            emb = BetaEmbedder(config.dim, config.beta_freq_dim, std=config.initializer_range)
-        state.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
-        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at every β)")
+        add_fresh_beta_embedder(state, notes, config.dim, config.beta_freq_dim, config.initializer_range)
     return state
 
 
