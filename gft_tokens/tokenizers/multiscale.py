@@ -38,11 +38,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from vector_quantize_pytorch import VectorQuantize
 
 from ..errors import GFTError
 from ..pretrained import GFTPreTrainedModel
-from .vq import AutoencoderConfig, Decoder, GridTokenizer, Encoder, check_codes, check_images
+from .vq import AutoencoderConfig, Decoder, GridTokenizer, Encoder, check_codes, check_images, ema_codebook
 
 DEFAULT_SCALES = (1, 2, 3, 4, 6, 8)
 VAR_SCALES_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's schedule for a 16x16 grid (256px images)
@@ -182,16 +181,11 @@ class MultiScaleVQTokenizer(GridTokenizer, GFTPreTrainedModel):
         c = config
         self.encoder = Encoder.from_config(c)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 3, padding=1)
-        self.quantize = VectorQuantize(
-            dim=c.codebook_dim,
-            codebook_size=c.codebook_size,
+        self.quantize = ema_codebook(
+            c,
             use_cosine_sim=False,  # residuals shrink from scale to scale: their norms matter (VAR: L2 lookup)
-            decay=c.ema_decay,
             commitment_weight=0.0,  # VAR's loss on the cumulative f̂ is computed here
-            kmeans_init=c.kmeans_init,
-            threshold_ema_dead_code=c.dead_code_threshold,
             channel_last=True,
-            sync_codebook=False,
         )
         self.quant_resi = nn.ModuleList(
             nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1)

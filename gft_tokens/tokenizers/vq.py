@@ -208,6 +208,15 @@ class Decoder(ConvStack):
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
 
+def ema_codebook(c: AutoencoderConfig, **kwargs) -> VectorQuantize:
+    """The :class:`VectorQuantize` of a config's codebook fields (:meth:`AutoencoderConfig.set_codebook`): EMA
+    decay, k-means initialisation, dead-code threshold, no cross-process sync; ``kwargs``: the lookup (cosine or
+    Euclidean), the commitment weight and the input layout."""
+    return VectorQuantize(dim=c.codebook_dim, codebook_size=c.codebook_size, decay=c.ema_decay,
+                          kmeans_init=c.kmeans_init, threshold_ema_dead_code=c.dead_code_threshold,
+                          sync_codebook=False, **kwargs)
+
+
 def check_images(images, in_channels: int, downsample: int, name: str = "images") -> torch.Tensor:
     """Validate a batch of images in [-1, 1] (B, C, H, W); return it as float32."""
     if not torch.is_tensor(images):
@@ -266,17 +275,8 @@ class VQTokenizer(GridTokenizer, GFTPreTrainedModel):
         c = config
         self.encoder = Encoder.from_config(c)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
-        self.quantize = VectorQuantize(
-            dim=c.codebook_dim,
-            codebook_size=c.codebook_size,
-            use_cosine_sim=True,
-            decay=c.ema_decay,
-            commitment_weight=c.commitment_weight,
-            kmeans_init=c.kmeans_init,
-            threshold_ema_dead_code=c.dead_code_threshold,
-            accept_image_fmap=True,
-            sync_codebook=False,
-        )
+        self.quantize = ema_codebook(c, use_cosine_sim=True, commitment_weight=c.commitment_weight,
+                                     accept_image_fmap=True)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
         self.decoder = Decoder.from_config(c)
         self.post_init()
