@@ -134,5 +134,19 @@ def resolve(cls, yaml_values: dict | None = None, args: argparse.Namespace | Non
     return cls(**converted)
 
 
+def options_from_cli(cls, argv=None, *, description: str | None = None, config_help: str,
+                     group_title: str = "training options"):
+    """The command line of a script run by the options dataclass ``cls``: ``--config`` (a YAML file of them,
+    ``config_help``) and every field as a flag (:func:`add_arguments`); returns ``cls`` resolved from defaults <
+    YAML < flags (:func:`resolve`). ``description`` (the script's docstring) heads ``--help`` as written."""
+    from .validate import ArgumentParser
+
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=config_help)
+    add_arguments(parser, cls, group_title)
+    args = parser.parse_args(argv)
+    return resolve(cls, load_yaml(args.config) if args.config else None, args, where=args.config or "command line")
+
+
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)

@@ -267,6 +267,15 @@ def load_torch_file(path: str | os.PathLike, map_location="cpu", allowed: Iterab
         raise GFTError(f"{path} is corrupt or truncated ({type(exc).__name__})") from None
 
 
+def load_json(path: Path, name: str | None = None):
+    """The parsed JSON of the file ``path``; invalid JSON is one :class:`GFTError` naming the file as ``name``
+    (default: its path), the problem and its line."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GFTError(f"{name or path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
 def read_config_dict(path: str | os.PathLike) -> dict:
     """The parsed ``config.json`` of a saved model directory (clear errors for missing/corrupt files)."""
     path = Path(path)
@@ -277,10 +286,7 @@ def read_config_dict(path: str | os.PathLike) -> dict:
     cfg = path / CONFIG_NAME
     if not cfg.is_file():
         raise GFTError(f"{str(path)!r} has no {CONFIG_NAME}")
-    try:
-        data = json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise GFTError(f"{cfg} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = load_json(cfg)
     if not isinstance(data, dict):
         raise GFTError(f"{cfg} must hold a JSON object of settings, got a {type(data).__name__}")
     return data

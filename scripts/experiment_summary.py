@@ -127,6 +127,25 @@ def markdown(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _label(ax, title: str | None, xlabel: str, ylabel: str) -> None:
+    """A panel's title (when given), axis labels, light grid and a small legend."""
+    if title is not None:
+        ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+
+
 def plots(summaries: list[dict], docs: Path) -> None:
     import matplotlib
 
@@ -141,15 +160,8 @@ def plots(summaries: list[dict], docs: Path) -> None:
                         xerr=[100 * (r.get("class_accuracy_std") or 0) for r in pts],
                         yerr=[r.get("fid_std") or 0 for r in pts], marker="s" if pts[0]["method"] == "cfg" else "o",
                         capsize=2, label=f"{run} ({pts[0]['nfe_per_image']:g} NFE)")
-        ax.set_title(s["family"])
-        ax.set_xlabel("class accuracy (%)")
-        ax.set_ylabel("FID (probe) ↓")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_file(docs / "fid_vs_accuracy.png") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+        _label(ax, s["family"], "class accuracy (%)", "FID (probe) ↓")
+    _save(fig, docs / "fid_vs_accuracy.png")
 
     with_value = [s for s in summaries if s.get("class_value")]
     if with_value:
@@ -157,15 +169,8 @@ def plots(summaries: list[dict], docs: Path) -> None:
         for ax, s in zip(axes[0], with_value):
             for run, v in s["class_value"].items():
                 ax.plot([e["step"] for e in v], [1000 * e["value"] for e in v], marker="o", label=run)
-            ax.set_title(s["family"])
-            ax.set_xlabel("training steps")
-            ax.set_ylabel("CE(null) − CE(class), mnats / token")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_file(docs / "class_value.png") as fh:
-            fig.savefig(fh, format="png")
-        plt.close(fig)
+            _label(ax, s["family"], "training steps", "CE(null) − CE(class), mnats / token")
+        _save(fig, docs / "class_value.png")
 
     with_curve = [s for s in summaries if s["curve"]]
     if not with_curve:
@@ -179,17 +184,9 @@ def plots(summaries: list[dict], docs: Path) -> None:
                 axes[row][col].errorbar([x for x, _ in pts], [scale * r[key] for _, r in pts],
                                         yerr=[scale * (r.get(key + "_std") or 0) for _, r in pts], marker="o",
                                         capsize=2, label=run)
-        axes[0][col].set_title(s["family"])
-        axes[0][col].set_ylabel("best FID ↓")
-        axes[1][col].set_ylabel("class accuracy at best FID (%)")
-        for row in (0, 1):
-            axes[row][col].set_xlabel("training steps")
-            axes[row][col].grid(alpha=0.3)
-            axes[row][col].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_file(docs / "learning_curves.png") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+        _label(axes[0][col], s["family"], "training steps", "best FID ↓")
+        _label(axes[1][col], None, "training steps", "class accuracy at best FID (%)")
+    _save(fig, docs / "learning_curves.png")
 
 
 

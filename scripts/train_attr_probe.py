@@ -12,23 +12,16 @@ and position also without the images within --boundary-margin bucket widths of a
 
 from __future__ import annotations
 
-import argparse
-
-from gft_tokens.config import add_arguments, load_yaml, resolve
+from gft_tokens.config import options_from_cli
 from gft_tokens.errors import cli_main
 from gft_tokens.eval.attr_probe import AttrProbeTrainOptions, train_attribute_probe
-from gft_tokens.validate import ArgumentParser
 
 
 @cli_main
 def main(argv=None):
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of the options below (e.g. the shipped recipe.yaml)")
-    add_arguments(parser, AttrProbeTrainOptions, "training options")
-    args = parser.parse_args(argv)
-    options = resolve(AttrProbeTrainOptions, load_yaml(args.config) if args.config else None, args,
-                      where=args.config or "command line")
-    train_attribute_probe(options)
+    train_attribute_probe(options_from_cli(AttrProbeTrainOptions, argv, description=__doc__,
+                                           config_help="YAML file of the options below (e.g. the shipped "
+                                                       "recipe.yaml)"))
 
 
 if __name__ == "__main__":

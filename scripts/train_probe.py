@@ -9,23 +9,15 @@ Deterministic for a seed (and a thread count); about 1.5 minutes on a 2-core CPU
 
 from __future__ import annotations
 
-import argparse
-
-from gft_tokens.config import add_arguments, load_yaml, resolve
-from gft_tokens.validate import ArgumentParser
+from gft_tokens.config import options_from_cli
 from gft_tokens.errors import cli_main
 from gft_tokens.eval.probe import ProbeTrainOptions, train_probe
 
 
 @cli_main
 def main(argv=None):
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of the options below (e.g. a shipped recipe.yaml)")
-    add_arguments(parser, ProbeTrainOptions, "training options")
-    args = parser.parse_args(argv)
-    options = resolve(ProbeTrainOptions, load_yaml(args.config) if args.config else None, args,
-                      where=args.config or "command line")
-    train_probe(options)
+    train_probe(options_from_cli(ProbeTrainOptions, argv, description=__doc__,
+                                 config_help="YAML file of the options below (e.g. a shipped recipe.yaml)"))
 
 
 if __name__ == "__main__":

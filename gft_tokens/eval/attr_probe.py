@@ -25,7 +25,6 @@ features and class probabilities FID, IS and class accuracy use), which it leave
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -36,13 +35,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from ..config import opt, to_dict
+from ..config import opt
 from ..data.shapes import (CLASS_NAMES, COLOUR_NAMES, HELDOUT_SEED, POSITION_NAMES, SIZE_NAMES, SIZE_RANGE,
                            ShapeParams, ShapesDataset, coverage, travel)
 from ..errors import GFTError
-from ..pretrained import GFTPreTrainedModel
 from .features import uint8_to_float
-from .probe import PROBE_SEED, degrade, probe_optimizer
+from .probe import PROBE_SEED, ProbeModel, conv_trunk, degrade, fit_probe, reconstructions, save_probe, start_probe_run
 
 ATTR_PROBE_SEED = 3_000_017  # the attribute probe's training split: not 0, not HELDOUT_SEED, not PROBE_SEED
 FRESH_SEED = 4_000_037  # a second split nothing trains on, for the reported accuracy (beside the held-out one)
@@ -149,7 +147,7 @@ def normalise_geometry(raw: torch.Tensor) -> torch.Tensor:
     return torch.stack([(size - lo) / SIZE_SCALE - 1.0, raw[:, 1] / t, raw[:, 2] / t], 1)
 
 
-class ShapesAttributeProbe(GFTPreTrainedModel):
+class ShapesAttributeProbe(ProbeModel):
     """Images (B, 3, H, W) in [-1, 1] → {attribute: logits (B, K)} for the four :data:`ATTRIBUTES`, ``"geometry"``
     (B, 3): size, x, y each in [-1, 1] over its range, and ``"coverage"`` (B, H, W): the estimated fraction of each
     pixel the shape covers.
@@ -159,7 +157,6 @@ class ShapesAttributeProbe(GFTPreTrainedModel):
     by the canvas edge), so sizes and centres are measured to a fraction of a pixel without a wide network."""
 
     config_class = AttrProbeConfig
-    main_input_name = "images"
     name = "shapes-attr-probe"
 
     def __init__(self, config: AttrProbeConfig):
@@ -168,15 +165,8 @@ class ShapesAttributeProbe(GFTPreTrainedModel):
         m = c.mask_channels
         self.coverage = nn.Sequential(nn.Conv2d(3, m, 3, padding=1), nn.ReLU(), nn.Conv2d(m, m, 3, padding=1),
                                       nn.ReLU(), nn.Conv2d(m, 1, 1))
-        layers, c_in = [], 3 + 2 * c.coord_channels
-        for width in c.channels:  # 3x3 conv(s) + BN + ReLU per level, then halve the resolution
-            for _ in range(c.convs_per_level):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-                c_in = width
-            layers.append(nn.MaxPool2d(2))
-        self.convs = nn.Sequential(*layers)
-        side = c.image_size // 2 ** len(c.channels)
-        self.fc = nn.Linear(c_in * side * side, c.feature_dim)  # flattened, not pooled: keeps where things are
+        self.convs, self.fc = conv_trunk(3 + 2 * c.coord_channels, c.channels, c.convs_per_level, c.image_size,
+                                         c.feature_dim)
         self.heads = nn.ModuleDict({a: nn.Linear(c.feature_dim, len(ATTRIBUTE_NAMES[a])) for a in ATTRIBUTES})
         self.residual = nn.Sequential(nn.Linear(c.feature_dim + NUM_MOMENTS, 64), nn.ReLU(),
                                       nn.Linear(64, len(GEOMETRY)))
@@ -203,15 +193,6 @@ class ShapesAttributeProbe(GFTPreTrainedModel):
         raw = raw + self.residual(torch.cat([h, moments], 1)) * self.residual_scale
         return {**{a: head(h) for a, head in self.heads.items()}, "geometry": normalise_geometry(raw),
                 "coverage": alpha}
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the config and the weights (independent of where they were loaded from)."""
-        h = hashlib.sha256(json.dumps(self.config.to_diff_dict(), sort_keys=True, default=str).encode())
-        for key, value in sorted(self.state_dict().items()):
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return f"{self.name}-{h.hexdigest()[:16]}"
 
     def decode(self, out: dict[str, torch.Tensor], bucket_source: dict | str | None = None) -> dict[str, torch.Tensor]:
         """Predicted class ids {attribute: (B,) long} from :meth:`forward`'s outputs; size and position from the
@@ -356,9 +337,6 @@ def pick_bucket_sources(probe: ShapesAttributeProbe, images: torch.Tensor, param
     return chosen
 
 
-ATTR_PROBE_FILES = {"config.json", "model.safetensors", "manifest.json", "recipe.yaml", "train_log.jsonl"}
-
-
 def _render(seed: int, n: int, balanced: bool) -> tuple[torch.Tensor, list[ShapeParams]]:
     ds = ShapesDataset(length=n, size=32, seed=seed, balanced=balanced)
     params = [ds.params(i) for i in range(n)]
@@ -367,19 +345,9 @@ def _render(seed: int, n: int, balanced: bool) -> tuple[torch.Tensor, list[Shape
 
 def train_attribute_probe(o: AttrProbeTrainOptions, log=print) -> dict:
     """Train the attribute probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
-    import yaml
-
-    from ..fs import check_replaceable, check_writable
-    from ..paths import shipped
-    from ..tokenizers import load_tokenizer
-
     if not o.channels or any(c <= 0 for c in o.channels):
         raise GFTError(f"channels must be positive widths, got {o.channels}")
-    if o.threads:
-        torch.set_num_threads(o.threads)
-    check_writable(o.out)  # refused before minutes of training
-    check_replaceable(o.out, ATTR_PROBE_FILES.__contains__)
-    tokenizer = load_tokenizer(shipped(o.tokenizer)) if o.tokenizer else None
+    tokenizer = start_probe_run(o)
     config = AttrProbeConfig(channels=o.channels, feature_dim=o.feature_dim, coord_channels=o.coord_channels,
                              mask_channels=o.mask_channels)
 
@@ -389,21 +357,7 @@ def train_attribute_probe(o: AttrProbeTrainOptions, log=print) -> dict:
     targets, geo = attribute_targets(params)
     log(f"rendered {len(images)} training images in {time.time() - t0:.1f}s")
 
-    torch.manual_seed(o.seed)
-    probe = ShapesAttributeProbe(config)
-    optim, sched = probe_optimizer(probe, o)
-    gen = torch.Generator().manual_seed(o.seed)
-    history = []
-    probe.train()
-    t1, c1 = time.time(), time.process_time()
-    n_train = len(images)
-    batch = min(o.batch_size, n_train)
-    perm, pos = torch.randperm(n_train, generator=gen), 0
-    for step in range(o.steps):
-        if pos + batch > n_train:
-            perm, pos = torch.randperm(n_train, generator=gen), 0
-        idx = perm[pos:pos + batch]
-        pos += batch
+    def step_loss(idx, gen):
         x, cover_target, g = d4_augment(images[idx], cover[idx], geo[idx], gen)
         if o.degrade:
             x = degrade(x, gen)
@@ -413,17 +367,12 @@ def train_attribute_probe(o: AttrProbeTrainOptions, log=print) -> dict:
         reg = F.mse_loss(out["geometry"], g)
         cov = F.binary_cross_entropy(out["coverage"], cover_target)
         loss = sum(ce.values()) + o.geometry_weight * reg + o.coverage_weight * cov
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        sched.step()
-        if (step + 1) % 100 == 0 or step + 1 == o.steps:
-            entry = {"step": step + 1, **{f"ce_{a}": round(v.item(), 5) for a, v in ce.items()},
-                     "geometry_mse": round(reg.item(), 6), "coverage_bce": round(cov.item(), 6),
-                     "elapsed_s": round(time.time() - t1, 1), "cpu_s": round(time.process_time() - c1, 1)}
-            history.append(entry)
-            log(json.dumps(entry))
-    probe.eval()
+        return loss, lambda: {**{f"ce_{a}": round(v.item(), 5) for a, v in ce.items()},
+                              "geometry_mse": round(reg.item(), 6), "coverage_bce": round(cov.item(), 6)}
+
+    torch.manual_seed(o.seed)
+    probe = ShapesAttributeProbe(config)
+    history, (t1, c1) = fit_probe(probe, o, len(images), step_loss, log, cpu_time=True)
     result = {"train_s": round(time.time() - t1, 1), "train_cpu_s": round(time.process_time() - c1, 1)}
     # each bucket's source: fixed, or whichever decodes a validation split (a seed never reported) better
     val_images, val_params = _render(VALIDATION_SEED, o.eval_images, balanced=True)
@@ -437,16 +386,11 @@ def train_attribute_probe(o: AttrProbeTrainOptions, log=print) -> dict:
         val_images, val_params = _render(seed, o.eval_images, balanced=True)
         result[split] = {"seed": seed, **attribute_report(probe, val_images, val_params, o.boundary_margin)}
         if split == "heldout" and tokenizer is not None:
-            with torch.no_grad():
-                recon = torch.cat([tokenizer.decode(tokenizer.encode(val_images[i:i + 500]))
-                                   for i in range(0, len(val_images), 500)])
             result["heldout_reconstructions"] = {"tokenizer": o.tokenizer, **attribute_report(
-                probe, recon, val_params, o.boundary_margin)}
+                probe, reconstructions(tokenizer, val_images), val_params, o.boundary_margin)}
     result["total_s"] = round(time.time() - t0, 1)
     result["total_cpu_s"] = round(time.process_time() - c0, 1)
     result["fingerprint"] = probe.fingerprint
     log(json.dumps(result))
-    recipe = yaml.safe_dump(to_dict(o), sort_keys=False)
-    logs = "".join(json.dumps(e) + "\n" for e in [*history, result])
-    probe.save_pretrained(o.out, extra_files={"recipe.yaml": recipe, "train_log.jsonl": logs})
+    save_probe(probe, o, history, result)
     return result

@@ -51,27 +51,48 @@ class ProbeConfig(PretrainedConfig):
             raise GFTError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels)}")
 
 
-class ShapesProbe(GFTPreTrainedModel):
+def conv_trunk(c_in: int, channels, convs_per_level: int, image_size: int,
+               feature_dim: int) -> tuple[nn.Sequential, nn.Linear]:
+    """The probes' trunk: per level of ``channels``, 3x3 conv(s) + BN + ReLU then halve the resolution; and the
+    Linear from the last map, flattened (not pooled: it keeps where things are), to ``feature_dim`` features."""
+    layers = []
+    for width in channels:
+        for _ in range(convs_per_level):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            c_in = width
+        layers.append(nn.MaxPool2d(2))
+    side = image_size // 2 ** len(channels)
+    return nn.Sequential(*layers), nn.Linear(c_in * side * side, feature_dim)
+
+
+class ProbeModel(GFTPreTrainedModel):
+    """What the probes share: images in, and a ``fingerprint`` of their config and weights."""
+
+    main_input_name = "images"
+    name = "probe"
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the config and the weights (independent of where they were loaded from)."""
+        h = hashlib.sha256(json.dumps(self.config.to_diff_dict(), sort_keys=True, default=str).encode())
+        for key, value in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"{self.name}-{h.hexdigest()[:16]}"
+
+
+class ShapesProbe(ProbeModel):
     """Images (B, 3, H, W) in [-1, 1] → features (B, 128), class logits (B, 10), auxiliary regression (B, 9).
 
     Implements the :class:`~gft_tokens.eval.features.FeatureExtractor` protocol (``extract``).
     """
 
     config_class = ProbeConfig
-    main_input_name = "images"
 
     def __init__(self, config: ProbeConfig):
         super().__init__(config)
         c = config
-        layers, c_in = [], 3
-        for width in c.channels:  # 3x3 conv(s) + BN + ReLU per level, then halve the resolution
-            for _ in range(c.convs_per_level):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-                c_in = width
-            layers.append(nn.MaxPool2d(2))
-        self.convs = nn.Sequential(*layers)
-        side = c.image_size // 2 ** len(c.channels)
-        self.fc = nn.Linear(c_in * side * side, c.feature_dim)  # flattened, not pooled: keeps where things are
+        self.convs, self.fc = conv_trunk(3, c.channels, c.convs_per_level, c.image_size, c.feature_dim)
         self.classifier = nn.Linear(c.feature_dim, c.num_classes)
         self.aux = nn.Linear(c.feature_dim, c.num_aux) if c.num_aux else None  # none for class-only probes
         self.post_init()
@@ -99,15 +120,6 @@ class ShapesProbe(GFTPreTrainedModel):
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the config and the weights (independent of where they were loaded from)."""
-        h = hashlib.sha256(json.dumps(self.config.to_diff_dict(), sort_keys=True, default=str).encode())
-        for key, value in sorted(self.state_dict().items()):
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return f"{self.name}-{h.hexdigest()[:16]}"
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> ExtractorOutput:
@@ -236,25 +248,76 @@ def probe_optimizer(probe: nn.Module, o):
     return optim, torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
 
 
-def train_probe(o: ProbeTrainOptions, log=print) -> dict:
-    """Train the probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
-    import yaml
-
-    from ..tokenizers import load_tokenizer
-
-    if o.steps <= 0 or o.batch_size <= 0 or o.train_images <= 0 or o.eval_images <= 0:
-        raise GFTError("steps, batch_size, train_images and eval_images must be positive")
-    if o.threads:
-        torch.set_num_threads(o.threads)
+def start_probe_run(o):
+    """Before a probe's training (``o``: its options): set ``o.threads``; refuse, up front rather than after
+    minutes of training, an output folder the save would refuse (unwritable, or holding files other than
+    :data:`PROBE_FILES`); return the tokenizer ``o.tokenizer`` whose reconstructions are scored (None for '')."""
     from ..fs import check_replaceable, check_writable
     from ..paths import shipped
+    from ..tokenizers import load_tokenizer
 
-    # refused up front, before minutes of training: the save at the end would refuse an unwritable place or a
-    # folder of someone else's files
+    if o.threads:
+        torch.set_num_threads(o.threads)
     check_writable(o.out)
     check_replaceable(o.out, PROBE_FILES.__contains__)
+    return load_tokenizer(shipped(o.tokenizer)) if o.tokenizer else None
 
-    tokenizer = load_tokenizer(shipped(o.tokenizer)) if o.tokenizer else None
+
+def fit_probe(probe: nn.Module, o, n_train: int, step_loss, log, cpu_time: bool = False):
+    """Train ``probe`` on ``n_train`` examples with the probes' recipe (:func:`probe_optimizer`; ``o.steps`` batches
+    of ``o.batch_size`` drawn without replacement, reshuffled when too few are left, from a generator seeded
+    ``o.seed``). ``step_loss(idx, gen)`` gives the loss of the batch ``idx`` (augmenting with ``gen``) and a
+    function returning what the log records of it, called every 100 steps and at the last (with ``elapsed_s``,
+    and ``cpu_s`` when ``cpu_time``). Returns the log entries and the (wall-clock, CPU) time training started;
+    the probe is left in eval mode."""
+    optim, sched = probe_optimizer(probe, o)
+    gen = torch.Generator().manual_seed(o.seed)
+    history = []
+    probe.train()
+    t1, c1 = time.time(), time.process_time()
+    batch = min(o.batch_size, n_train)
+    perm, pos = torch.randperm(n_train, generator=gen), 0
+    for step in range(o.steps):
+        if pos + batch > n_train:
+            perm, pos = torch.randperm(n_train, generator=gen), 0
+        idx = perm[pos:pos + batch]
+        pos += batch
+        loss, logged = step_loss(idx, gen)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        if (step + 1) % 100 == 0 or step + 1 == o.steps:
+            entry = {"step": step + 1, **logged(), "elapsed_s": round(time.time() - t1, 1)}
+            if cpu_time:
+                entry["cpu_s"] = round(time.process_time() - c1, 1)
+            history.append(entry)
+            log(json.dumps(entry))
+    probe.eval()
+    return history, (t1, c1)
+
+
+@torch.no_grad()
+def reconstructions(tokenizer, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """``images`` encoded and decoded by ``tokenizer``, ``batch_size`` at a time."""
+    return torch.cat([tokenizer.decode(tokenizer.encode(images[i:i + batch_size]))
+                      for i in range(0, len(images), batch_size)])
+
+
+def save_probe(probe: nn.Module, o, history: list[dict], result: dict) -> None:
+    """Save a trained probe to ``o.out`` with its recipe (the options ``o``) and its log (then the result)."""
+    import yaml
+
+    recipe = yaml.safe_dump(to_dict(o), sort_keys=False)
+    logs = "".join(json.dumps(e) + "\n" for e in [*history, result])
+    probe.save_pretrained(o.out, extra_files={"recipe.yaml": recipe, "train_log.jsonl": logs})
+
+
+def train_probe(o: ProbeTrainOptions, log=print) -> dict:
+    """Train the probe, save it to ``o.out`` (with its recipe and log) and return the final metrics."""
+    if o.steps <= 0 or o.batch_size <= 0 or o.train_images <= 0 or o.eval_images <= 0:
+        raise GFTError("steps, batch_size, train_images and eval_images must be positive")
+    tokenizer = start_probe_run(o)
     t0 = time.time()
     own = o.data != "shapes"
     if own:  # class labels only: no auxiliary targets (num_aux 0)
@@ -278,21 +341,7 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
         config = ProbeConfig()
         log(f"rendered {len(ds)} training and {len(val_images)} held-out images in {time.time() - t0:.1f}s")
 
-    torch.manual_seed(o.seed)
-    probe = ShapesProbe(config)
-    optim, sched = probe_optimizer(probe, o)
-    gen = torch.Generator().manual_seed(o.seed)
-    history = []
-    probe.train()
-    t1 = time.time()
-    n_train = len(images)
-    batch = min(o.batch_size, n_train)
-    perm, pos = torch.randperm(n_train, generator=gen), 0
-    for step in range(o.steps):
-        if pos + batch > n_train:
-            perm, pos = torch.randperm(n_train, generator=gen), 0
-        idx = perm[pos:pos + batch]
-        pos += batch
+    def step_loss(idx, gen):
         if own:  # your data: horizontal flips only (when on), blur and noise
             x, aux = images[idx], targets[idx]
             if o.flip:
@@ -304,29 +353,19 @@ def train_probe(o: ProbeTrainOptions, log=print) -> dict:
         _, logits, pred = probe(x)
         ce = F.cross_entropy(logits, labels[idx])
         reg = F.mse_loss(pred, aux) if aux.shape[1] else torch.zeros(())
-        loss = ce + o.aux_weight * reg
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        sched.step()
-        if (step + 1) % 100 == 0 or step + 1 == o.steps:
-            entry = {"step": step + 1, "ce": round(ce.item(), 5), "aux_mse": round(reg.item(), 5),
-                     "elapsed_s": round(time.time() - t1, 1)}
-            history.append(entry)
-            log(json.dumps(entry))
-    probe.eval()
+        return ce + o.aux_weight * reg, lambda: {"ce": round(ce.item(), 5), "aux_mse": round(reg.item(), 5)}
+
+    torch.manual_seed(o.seed)
+    probe = ShapesProbe(config)
+    history, (t1, _) = fit_probe(probe, o, len(images), step_loss, log)
     result = {"heldout_accuracy": probe_accuracy(probe, val_images, val_labels), "heldout_images": len(val_images),
               "dataset": probe.dataset,
               "train_s": round(time.time() - t1, 1), "total_s": round(time.time() - t0, 1)}
     if tokenizer is not None:
-        with torch.no_grad():
-            recon = torch.cat([tokenizer.decode(tokenizer.encode(val_images[i:i + 500]))
-                               for i in range(0, len(val_images), 500)])
-        result["heldout_reconstruction_accuracy"] = probe_accuracy(probe, recon, val_labels)
+        result["heldout_reconstruction_accuracy"] = probe_accuracy(probe, reconstructions(tokenizer, val_images),
+                                                                   val_labels)
         result["reconstruction_tokenizer"] = o.tokenizer
     result["fingerprint"] = probe.fingerprint
     log(json.dumps(result))
-    recipe = yaml.safe_dump(to_dict(o), sort_keys=False)
-    logs = "".join(json.dumps(e) + "\n" for e in [*history, result])
-    probe.save_pretrained(o.out, extra_files={"recipe.yaml": recipe, "train_log.jsonl": logs})
+    save_probe(probe, o, history, result)
     return result

@@ -188,6 +188,34 @@ class RasterAdapter(Adapter):
         return (config.grid_size, config.grid_size)
 
 
+def raster_to_grid(model, codes: torch.Tensor) -> torch.Tensor:
+    """A raster family's sampled codes (B, N) → the VQ tokenizer's input (B, g, g) (``Family.to_tokenizer_input``)."""
+    g = model.config.grid_size
+    return codes.view(codes.shape[0], g, g)
+
+
+def raster_bench_model(model_class: type, config_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``BenchSpec.build`` of a raster family whose fresh ``output`` head is all zeros: the preset at the given
+    vocabulary and grid with 1000 classes, seeded, in eval mode, the head made random (trained-looking)."""
+
+    def build(preset, vocab, grid):
+        torch.manual_seed(0)
+        model = model_class(config_fn(preset, vocab_size=vocab, grid_size=grid, num_classes=1000)).eval()
+        torch.nn.init.normal_(model.output.weight, std=0.02)  # a trained-looking head (the fresh one is all zeros)
+        return model
+
+    return build
+
+
+def vq_bench_tokenizer(vocab, grid, model):
+    """The shipped VQ tokenizer's architecture (4x downsampling) at this grid and codebook, random weights
+    (``BenchSpec.tokenizer`` of the raster families)."""
+    from ..paths import shipped
+    from ..tokenizers import random_tokenizer
+
+    return random_tokenizer(shipped("tokenizers/shapes-vq"), codebook_size=vocab, image_size=4 * grid)
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family, as the registry (:mod:`gft_tokens.families`) holds it."""

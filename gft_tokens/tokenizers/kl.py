@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..errors import GFTError
 from ..pretrained import GFTPreTrainedModel
-from .vq import AutoencoderConfig, Decoder, Encoder, GridTokenizer, check_images
+from .vq import AutoencoderConfig, Decoder, Encoder, GridTokenizer
 
 
 class KLConfig(AutoencoderConfig):
@@ -101,10 +101,10 @@ class KLTokenizer(GridTokenizer, GFTPreTrainedModel):
     def __init__(self, config: KLConfig):
         super().__init__(config)
         c = config
-        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.encoder = Encoder.from_config(c)
         self.quant_conv = nn.Conv2d(c.z_channels, 2 * c.latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(c.latent_channels, c.z_channels, 1)
-        self.decoder = Decoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.decoder = Decoder.from_config(c)
         self.post_init()
 
     # -- public API ------------------------------------------------------------------------------------------
@@ -125,11 +125,7 @@ class KLTokenizer(GridTokenizer, GFTPreTrainedModel):
     def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] → normalised latents (B, C, H/f, W/f): the posterior mean (or a draw,
         ``sample=True``) times ``latent_scale``."""
-        images = check_images(images, self.config.in_channels, self.downsample)
-        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            h, w = images.shape[-2:]
-            raise GFTError(f"images are {h}x{w}, this tokenizer encodes {self.image_size}x{self.image_size} images")
-        q = self.posterior(images.to(self.device))
+        q = self.posterior(self.checked_images(images))
         z = q.sample(generator) if sample else q.mean
         return z * self.config.latent_scale
 
@@ -139,11 +135,7 @@ class KLTokenizer(GridTokenizer, GFTPreTrainedModel):
         latents = check_latents(latents, self.latent_channels, self.grid_size)
         return self.decode_latents(latents.to(self.device) / self.config.latent_scale).clamp(-1.0, 1.0)
 
-    # -- training --------------------------------------------------------------------------------------------
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Unnormalised latents → images (not clamped)."""
-        return self.decoder(self.post_quant_conv(z))
-
+    # -- training (decode_latents, of unnormalised latents: GridTokenizer) -----------------------------------
     def forward(self, images: torch.Tensor):
         """Training pass: ``(reconstruction, sampled latents, kl_weight·KL)``; the reconstruction is not clamped."""
         q = self.posterior(images)

@@ -253,6 +253,3 @@ class LlamaGenVQ(GridTokenizer, GFTPreTrainedModel):
         """Codes (B, h, w) → images (B, 3, h·f, w·f) in [-1, 1]."""
         codes = check_codes(codes, self.codebook_size)
         return self.decode_latents(self.quantize.lookup(codes.to(self.device))).clamp(-1.0, 1.0)
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(latents))

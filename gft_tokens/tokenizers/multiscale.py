@@ -38,11 +38,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from vector_quantize_pytorch import VectorQuantize
 
 from ..errors import GFTError
 from ..pretrained import GFTPreTrainedModel
-from .vq import AutoencoderConfig, Decoder, GridTokenizer, Encoder, check_codes, check_images
+from .vq import AutoencoderConfig, Decoder, GridTokenizer, Encoder, check_codes, check_images, ema_codebook
 
 DEFAULT_SCALES = (1, 2, 3, 4, 6, 8)
 VAR_SCALES_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's schedule for a 16x16 grid (256px images)
@@ -154,19 +153,13 @@ class MultiScaleVQConfig(AutoencoderConfig):
         **kwargs,
     ):
         self.set_autoencoder(image_size, in_channels, channels, channel_mult, num_res_blocks, z_channels)
-        self.codebook_size = int(codebook_size)
-        self.codebook_dim = int(codebook_dim)
+        self.set_codebook(codebook_size, codebook_dim, commitment_weight, ema_decay, dead_code_threshold, kmeans_init)
         self.scales = list(scales) if isinstance(scales, (list, tuple)) else scales
         self.quant_resi = float(quant_resi)
         self.share_quant_resi = int(share_quant_resi)
-        self.commitment_weight = float(commitment_weight)
-        self.ema_decay = float(ema_decay)
-        self.dead_code_threshold = float(dead_code_threshold)
-        self.kmeans_init = bool(kmeans_init)
         super().__init__(**kwargs)
         self.check_autoencoder()
-        if self.codebook_size < 2:
-            raise GFTError(f"codebook_size must be at least 2, got {self.codebook_size}")
+        self.check_codebook()
         if self.share_quant_resi < 0:
             raise GFTError(f"share_quant_resi must be ≥ 0 (0: one φ per scale, 1: shared, n: n φ), got {self.share_quant_resi}")
         self.scales = check_scales(self.scales, self.image_size // self.downsample, "scales")
@@ -186,25 +179,20 @@ class MultiScaleVQTokenizer(GridTokenizer, GFTPreTrainedModel):
     def __init__(self, config: MultiScaleVQConfig):
         super().__init__(config)
         c = config
-        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.encoder = Encoder.from_config(c)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 3, padding=1)
-        self.quantize = VectorQuantize(
-            dim=c.codebook_dim,
-            codebook_size=c.codebook_size,
+        self.quantize = ema_codebook(
+            c,
             use_cosine_sim=False,  # residuals shrink from scale to scale: their norms matter (VAR: L2 lookup)
-            decay=c.ema_decay,
             commitment_weight=0.0,  # VAR's loss on the cumulative f̂ is computed here
-            kmeans_init=c.kmeans_init,
-            threshold_ema_dead_code=c.dead_code_threshold,
             channel_last=True,
-            sync_codebook=False,
         )
         self.quant_resi = nn.ModuleList(
             nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1)
             for _ in range(num_phi(len(c.scales), c.share_quant_resi, c.quant_resi))
         )
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 3, padding=1)
-        self.decoder = Decoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.decoder = Decoder.from_config(c)
         self._phi_of_scale = phi_indices(len(c.scales), c.share_quant_resi)
         self.post_init()
 
@@ -291,9 +279,6 @@ class MultiScaleVQTokenizer(GridTokenizer, GFTPreTrainedModel):
             h = self.contribution(c, k)
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(latents))
 
     def quantizer_state(self) -> dict:
         """What a VAR model needs to build its inputs the way this quantizer builds f̂ (detached copies)."""

@@ -41,13 +41,29 @@ class AutoencoderConfig(PretrainedConfig):
         if self.image_size % self.downsample:
             raise GFTError(f"image_size {self.image_size} is not divisible by the downsample factor {self.downsample}")
 
+    def set_codebook(self, codebook_size, codebook_dim, commitment_weight, ema_decay, dead_code_threshold,
+                     kmeans_init) -> None:
+        """The fields of a :class:`vector_quantize_pytorch.VectorQuantize` codebook (EMA-updated, k-means
+        initialised, dead codes replaced): the single-scale and the multi-scale VQ tokenizers'."""
+        self.codebook_size = int(codebook_size)
+        self.codebook_dim = int(codebook_dim)
+        self.commitment_weight = float(commitment_weight)
+        self.ema_decay = float(ema_decay)
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.kmeans_init = bool(kmeans_init)
+
+    def check_codebook(self) -> None:
+        if self.codebook_size < 2:
+            raise GFTError(f"codebook_size must be at least 2, got {self.codebook_size}")
+
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
 
 
 class GridTokenizer:
-    """Mixin of the image tokenizers: sizes read from the config (``image_size``, ``downsample``, codebook)."""
+    """Mixin of the image tokenizers: sizes read from the config (``image_size``, ``downsample``, codebook), the
+    input check of ``encode`` and the decoder end (``post_quant_conv`` then ``decoder``)."""
 
     @property
     def codebook_size(self) -> int:
@@ -72,6 +88,20 @@ class GridTokenizer:
         return {"type": self.config.model_type, "codebook_size": self.codebook_size,
                 "grid_size": list(self.grid_size), "image_size": self.image_size}
 
+    def checked_images(self, images, hint: str = "") -> torch.Tensor:
+        """``images`` validated (:func:`check_images`), of the configured ``image_size`` (else an error ending in
+        ``hint``), on the model's device."""
+        images = check_images(images, self.config.in_channels, self.downsample)
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            h, w = images.shape[-2:]
+            raise GFTError(f"images are {h}x{w}, this tokenizer encodes {self.image_size}x{self.image_size} "
+                           f"images{hint}")
+        return images.to(self.device)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) → images (B, 3, h·f, w·f), not clamped."""
+        return self.decoder(self.post_quant_conv(latents))
+
 
 class VQConfig(AutoencoderConfig):
     """Configuration of :class:`VQTokenizer` (encoder/decoder fields: :class:`AutoencoderConfig`)."""
@@ -95,16 +125,10 @@ class VQConfig(AutoencoderConfig):
         **kwargs,
     ):
         self.set_autoencoder(image_size, in_channels, channels, channel_mult, num_res_blocks, z_channels)
-        self.codebook_size = int(codebook_size)
-        self.codebook_dim = int(codebook_dim)
-        self.commitment_weight = float(commitment_weight)
-        self.ema_decay = float(ema_decay)
-        self.dead_code_threshold = float(dead_code_threshold)
-        self.kmeans_init = bool(kmeans_init)
+        self.set_codebook(codebook_size, codebook_dim, commitment_weight, ema_decay, dead_code_threshold, kmeans_init)
         super().__init__(**kwargs)
         self.check_autoencoder()
-        if self.codebook_size < 2:
-            raise GFTError(f"codebook_size must be at least 2, got {self.codebook_size}")
+        self.check_codebook()
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -124,7 +148,20 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class Encoder(nn.Module):
+class ConvStack(nn.Module):
+    """``conv_in`` → ``blocks`` → GroupNorm, SiLU → ``conv_out``: the shape of :class:`Encoder` and :class:`Decoder`,
+    whose constructors take (image channels, channels, channel_mult, num_res_blocks, z_channels)."""
+
+    @classmethod
+    def from_config(cls, c: AutoencoderConfig) -> "ConvStack":
+        """The stack of an :class:`AutoencoderConfig` (``c.in_channels`` image channels)."""
+        return cls(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+
+    def forward(self, x):
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
+
+
+class Encoder(ConvStack):
     """Images (B, C, H, W) → features (B, z_channels, H/f, W/f)."""
 
     def __init__(self, in_channels, channels, channel_mult, num_res_blocks, z_channels):
@@ -142,9 +179,6 @@ class Encoder(nn.Module):
         self.norm_out = _norm(c)
         self.conv_out = nn.Conv2d(c, z_channels, 3, padding=1)
 
-    def forward(self, x):
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
-
 
 class Upsample(nn.Module):
     def __init__(self, c):
@@ -155,7 +189,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class Decoder(nn.Module):
+class Decoder(ConvStack):
     """Features (B, z_channels, h, w) → images (B, C, h·f, w·f) (not yet clamped)."""
 
     def __init__(self, out_channels, channels, channel_mult, num_res_blocks, z_channels):
@@ -173,8 +207,14 @@ class Decoder(nn.Module):
         self.norm_out = _norm(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
-    def forward(self, z):
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
+
+def ema_codebook(c: AutoencoderConfig, **kwargs) -> VectorQuantize:
+    """The :class:`VectorQuantize` of a config's codebook fields (:meth:`AutoencoderConfig.set_codebook`): EMA
+    decay, k-means initialisation, dead-code threshold, no cross-process sync; ``kwargs``: the lookup (cosine or
+    Euclidean), the commitment weight and the input layout."""
+    return VectorQuantize(dim=c.codebook_dim, codebook_size=c.codebook_size, decay=c.ema_decay,
+                          kmeans_init=c.kmeans_init, threshold_ema_dead_code=c.dead_code_threshold,
+                          sync_codebook=False, **kwargs)
 
 
 def check_images(images, in_channels: int, downsample: int, name: str = "images") -> torch.Tensor:
@@ -233,33 +273,20 @@ class VQTokenizer(GridTokenizer, GFTPreTrainedModel):
     def __init__(self, config: VQConfig):
         super().__init__(config)
         c = config
-        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.encoder = Encoder.from_config(c)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
-        self.quantize = VectorQuantize(
-            dim=c.codebook_dim,
-            codebook_size=c.codebook_size,
-            use_cosine_sim=True,
-            decay=c.ema_decay,
-            commitment_weight=c.commitment_weight,
-            kmeans_init=c.kmeans_init,
-            threshold_ema_dead_code=c.dead_code_threshold,
-            accept_image_fmap=True,
-            sync_codebook=False,
-        )
+        self.quantize = ema_codebook(c, use_cosine_sim=True, commitment_weight=c.commitment_weight,
+                                     accept_image_fmap=True)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
-        self.decoder = Decoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.decoder = Decoder.from_config(c)
         self.post_init()
 
     # -- public API (sizes, describe(): GridTokenizer) ------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] → codes (B, H/f, W/f) int64."""
-        images = check_images(images, self.config.in_channels, self.downsample)
-        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            h, w = images.shape[-2:]
-            raise GFTError(f"images are {h}x{w}, this tokenizer encodes {self.image_size}x{self.image_size} images "
-                           f"(to a {self.grid_size[0]}x{self.grid_size[1]} grid); resize them first")
-        z = self.quant_conv(self.encoder(images.to(self.device)))
+        images = self.checked_images(images, f" (to a {self.grid_size[0]}x{self.grid_size[1]} grid); resize them first")
+        z = self.quant_conv(self.encoder(images))
         was_training = self.quantize.training
         self.quantize.eval()  # never update the codebook (EMA, dead codes) from inference calls
         try:
@@ -274,13 +301,10 @@ class VQTokenizer(GridTokenizer, GFTPreTrainedModel):
         codes = check_codes(codes, self.codebook_size)
         return self.decode_latents(self.codes_to_latents(codes.to(self.device))).clamp(-1.0, 1.0)
 
-    # -- building blocks (used by training) ------------------------------------------------------------------
+    # -- building blocks (used by training; decode_latents: GridTokenizer) -----------------------------------
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) → normalised codebook vectors (B, codebook_dim, h, w)."""
         return self.quantize.codebook[codes].permute(0, 3, 1, 2).contiguous()
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(latents))
 
     def forward(self, images: torch.Tensor):
         """Training pass: returns ``(reconstruction, codes, vq_loss)``; the reconstruction is not clamped."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GFTError
-from ..fs import disk_full_error, is_disk_full, load_torch_file, unsafe_pickle_globals
+from ..fs import disk_full_error, is_disk_full, load_json, load_torch_file, unsafe_pickle_globals
 from . import checkpoints as CK
 from .checkpoints import LATEST, checkpoint_tags, latest_tag, stale_partial_dirs, tag_of  # noqa: F401 (re-exported)
 
@@ -56,10 +56,7 @@ def load_ds_config(path: str | os.PathLike | None, zero_stage: int | None) -> di
     path = Path(path)
     if not path.is_file():
         raise GFTError(f"DeepSpeed config {str(path)!r} does not exist (stages ship as configs/deepspeed/zero{{0,1,2,3}}.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GFTError(f"DeepSpeed config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    cfg = load_json(path, f"DeepSpeed config {path}")
     if not isinstance(cfg, dict):
         raise GFTError(f"DeepSpeed config {path} must hold a JSON object, got {type(cfg).__name__}")
     if zero_stage is not None:

@@ -35,7 +35,7 @@ import re
 import torch
 
 from ...errors import GFTError
-from ...importing import Converted, Importer
+from ...importing import Converted, Importer, add_fresh_beta_embedder
 
 GPT_IGNORED = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
 _LAYER = re.compile(r"^layers\.(\d+)\.")
@@ -146,28 +146,35 @@ def recorded_args(obj) -> dict | None:
     return dict(vars(args)) if args is not None and hasattr(args, "__dict__") else None
 
 
-def _from_args(recorded: dict | None) -> dict:
-    """What LlamaGen's train_c2i.py args say about the model (only the fields present)."""
+def fields_from_args(recorded: dict | None, ints: tuple[str, ...] = ("cls_token_num",),
+                     floats: tuple[str, ...] = ()) -> dict:
+    """What the args of LlamaGen's training scripts say about the model (only the fields present): ``grid_size``
+    (image_size // downsample_size), the integer fields ``ints``, the number fields ``floats`` and ``preset``
+    (gpt_model)."""
     if not recorded:
         return {}
     out = {}
     if isinstance(recorded.get("image_size"), int) and isinstance(recorded.get("downsample_size"), int):
         out["grid_size"] = recorded["image_size"] // recorded["downsample_size"]
-    for key in ("cls_token_num", "num_classes"):
+    for key in ints:
         if isinstance(recorded.get(key), int):
             out[key] = recorded[key]
-    if isinstance(recorded.get("class_dropout_prob"), (int, float)):
-        out["class_dropout_prob"] = float(recorded["class_dropout_prob"])
+    for key in floats:
+        if isinstance(recorded.get(key), (int, float)):
+            out[key] = float(recorded[key])
     if isinstance(recorded.get("gpt_model"), str):
         out["preset"] = recorded["gpt_model"]
     return out
 
 
+def _from_args(recorded: dict | None) -> dict:
+    """What LlamaGen's train_c2i.py args say about the model."""
+    return fields_from_args(recorded, ints=("cls_token_num", "num_classes"), floats=("class_dropout_prob",))
+
+
 def with_beta_embedder(state: dict, config, beta_embed: bool, notes: list[str]) -> dict:
     """``state`` with a GFT checkpoint's ``t_embedder.*`` renamed to ``beta_embedder.*``, or (``beta_embed`` and none
     there) a fresh β embedder whose output layer is zero, so the model equals the checkpoint at every β."""
-    from ...conditioning import BetaEmbedder
-
     beta_keys = {k: v for k, v in state.items() if k.startswith("t_embedder.")}
     state = {k: v for k, v in state.items() if not k.startswith("t_embedder.")}
     if beta_keys:
@@ -177,11 +184,7 @@ def with_beta_embedder(state: dict, config, beta_embed: bool, notes: list[str]) 
         state.update({"beta_embedder." + k[len("t_embedder."):]: v for k, v in beta_keys.items()})
         notes.append("β embedder imported from the GFT checkpoint's t_embedder")
     elif beta_embed:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            emb = BetaEmbedder(config.dim, config.beta_freq_dim, std=config.initializer_range)
-        state.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
-        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at every β)")
+        add_fresh_beta_embedder(state, notes, config.dim, config.beta_freq_dim, config.initializer_range)
     return state
 
 

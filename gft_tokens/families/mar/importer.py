@@ -34,7 +34,7 @@ import re
 import torch
 
 from ...errors import GFTError
-from ...importing import Converted, Importer
+from ...importing import Converted, Importer, add_fresh_beta_embedder
 
 _SIZES = ("MAR-B", "MAR-L", "MAR-H")
 _ARG_MODELS = {"mar_base": "MAR-B", "mar_large": "MAR-L", "mar_huge": "MAR-H"}
@@ -129,7 +129,6 @@ def convert_mar(state: dict[str, torch.Tensor], preset: str | None = None, n_hea
                 beta_embed: bool = True, tokenizer: str | None = None, num_sampling_steps: int | None = None,
                 recorded: dict | None = None) -> Converted:
     """Official MAR (``model`` or ``model_ema``) → :class:`~gft_tokens.families.mar.model.MARModel`."""
-    from ...conditioning import BetaEmbedder
     from .model import PRESETS, MARConfig, MARModel
 
     info = inspect_mar(state)
@@ -203,12 +202,7 @@ def convert_mar(state: dict[str, torch.Tensor], preset: str | None = None, n_hea
                     f"{c} channels, {info['num_classes']} classes (fake_latent is the null class), "
                     f"{steps} diffusion steps")
     if beta_embed:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            emb = BetaEmbedder(config.encoder_dim, config.beta_freq_dim, std=config.initializer_range)
-        out.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
-        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at "
-                     "every β)")
+        add_fresh_beta_embedder(out, notes, config.encoder_dim, config.beta_freq_dim, config.initializer_range)
     return Converted(MARModel, config, out, notes)
 
 

@@ -20,17 +20,15 @@ head keeps MAR's own init.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 from transformers import PretrainedConfig
 
-from ...conditioning import BetaEmbedder, ClassConditional, ClassEmbedder, embed_condition
 from ...errors import GFTError
-from ...pretrained import GFTPreTrainedModel, preset_config
+from ...pretrained import preset_config
 from ...nn import Embedding, Linear
 from ...objectives import DiffusionInputs
 from .diffloss import DiffusionHead
 from ..masked.model import PRESETS as MASKED_PRESETS
-from ..masked.model import Block, MaskedConfig, PositionEmbedding, check_mask, encode_decode, gather_positions
+from ..masked.model import MaskedConfig, MaskedTransformer, check_mask, encode_decode, gather_positions
 
 # The masked family's transformer sizes with MAR's DiffLoss (depth d, width w): README evaluation settings for
 # MAR-B/L/H (and MAR's diffusion_batch_mul 4); small heads for the CPU sizes, which also draw 2 (t, ε) per token
@@ -102,36 +100,20 @@ def tokens_to_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)
 
 
-class MARModel(ClassConditional, GFTPreTrainedModel):
+class MARModel(MaskedTransformer):
+    """The masked family's transformer (:class:`~gft_tokens.families.masked.model.MaskedTransformer`) with
+    continuous-token ends: ``z_proj`` in, ``diffusion_pos_embed`` and the diffusion head out."""
+
     config_class = MARConfig
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["Block"]
 
-    def __init__(self, config: MARConfig):
-        super().__init__(config)
+    def build_token_input(self, config: MARConfig) -> None:
+        self.z_proj = Linear(config.token_dim, config.encoder_dim, bias=True, std=config.initializer_range)
+
+    def build_output(self, config: MARConfig) -> None:
         c = config
-        std, enc, dec = c.initializer_range, c.encoder_dim, c.decoder_dim
-        self.class_emb = ClassEmbedder(c.num_classes, enc, std=std)
-        self.beta_embedder = BetaEmbedder(enc, c.beta_freq_dim, std=std) if c.beta_embed else None
-        self.z_proj = Linear(c.token_dim, enc, bias=True, std=std)
-        self.encoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, enc, std, c.pos_init)
-        self.z_proj_ln = nn.LayerNorm(enc, eps=c.norm_eps)
-        self.encoder_blocks = nn.ModuleList([Block(enc, c.encoder_heads, c) for _ in range(c.encoder_depth)])
-        self.encoder_norm = nn.LayerNorm(enc, eps=c.norm_eps)
-        self.decoder_embed = Linear(enc, dec, bias=True, std=std)
-        self.mask_token = Embedding(1, dec, std=std)
-        self.decoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, dec, std, c.pos_init)
-        self.decoder_blocks = nn.ModuleList([Block(dec, c.decoder_heads, c) for _ in range(c.decoder_depth)])
-        self.decoder_norm = nn.LayerNorm(dec, eps=c.norm_eps)
-        self.diffusion_pos_embed = Embedding(c.seq_len, dec, std=std)
-        self.diffloss = DiffusionHead(c.token_dim, dec, c.diffloss_d, c.diffloss_w, c.num_sampling_steps,
+        self.diffusion_pos_embed = Embedding(c.seq_len, c.decoder_dim, std=c.initializer_range)
+        self.diffloss = DiffusionHead(c.token_dim, c.decoder_dim, c.diffloss_d, c.diffloss_w, c.num_sampling_steps,
                                       c.diffusion_batch_mul)
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
-        """Class embedding (+ β embedding): (B, encoder_dim)."""
-        return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)
 
     def forward(self, latents: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None = None, *,
                 mask: torch.Tensor) -> torch.Tensor:

@@ -18,20 +18,16 @@ import math
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ...errors import GFTError
 from ...nn import eval_mode
 from ...sampling.common import SamplingStats, guided_batch, sampling_autocast
-from ..masked.sampler import CFG_SCHEDULES, guidance_scale, masked_after_step
+from ..masked.sampler import CFG_SCHEDULES, check_steps, decoding_steps, guidance_scale
 
 
 def check_mar_sampling_args(steps, cfg_schedule: str, temperature: float, top_k: int, top_p: float,
                             seq_len: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise GFTError(f"steps must be a positive integer, got {steps!r}")
-    if steps > seq_len:
-        raise GFTError(f"steps must be at most the number of tokens ({seq_len}: one token per step), got {steps}")
+    check_steps(steps, seq_len)
     if cfg_schedule not in CFG_SCHEDULES:
         raise GFTError(f"cfg_schedule must be one of {list(CFG_SCHEDULES)}, got {cfg_schedule!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
@@ -77,9 +73,7 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
         order = torch.rand(bsz, n, generator=generator, device=device).argsort(dim=1)  # first entries drawn last
         rows = (lambda t: torch.cat([t, t])) if cfg else (lambda t: t)
 
-        remaining = n
-        for step in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-            after = masked_after_step(step, steps, n, remaining)
+        for step, remaining, after in decoding_steps(steps, n, progress, callback, (tokens, mask)):
             if after < remaining:
                 positions = order[:, after:remaining].sort(dim=1).values  # (B, K), ascending: MAR's row order
                 with sampling_autocast(device):  # bf16 on CUDA: the transformer; the diffusion head below in fp32
@@ -97,9 +91,6 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                 drawn = drawn.view(bsz, k, dim)
                 tokens.scatter_(1, positions[..., None].expand(-1, -1, dim), drawn.to(tokens.dtype))
                 mask.scatter_(1, positions, False)
-                remaining = after
-            if callback is not None:
-                callback(step, tokens.clone(), mask.clone())
         if stats is not None:
             stats.images += bsz
         return tokens

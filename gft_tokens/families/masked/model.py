@@ -310,8 +310,12 @@ class Block(nn.Module):
 # -----------------------------------------------------------------------------------------------------------------
 # The model
 # -----------------------------------------------------------------------------------------------------------------
-class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
-    config_class = MaskedConfig
+class MaskedTransformer(ClassConditional, GFTPreTrainedModel):
+    """The transformer of the masked family and of MAR's continuous variant: the condition (class embedding, plus
+    the β embedding for GFT) that fills the buffer, learned positions, the encoder and decoder blocks and ``[MASK]``
+    (:func:`encode_decode` runs them). A subclass adds its ends: :meth:`build_token_input` (built right after the
+    condition) and :meth:`build_output` (built last) — the construction order fixes the initial weights."""
+
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
 
@@ -321,7 +325,7 @@ class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
         std, enc, dec = c.initializer_range, c.encoder_dim, c.decoder_dim
         self.class_emb = ClassEmbedder(c.num_classes, enc, std=std)
         self.beta_embedder = BetaEmbedder(enc, c.beta_freq_dim, std=std) if c.beta_embed else None
-        self.tok_embeddings = Embedding(c.vocab_size, enc, std=std)
+        self.build_token_input(c)
         self.encoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, enc, std, c.pos_init)
         self.z_proj_ln = nn.LayerNorm(enc, eps=c.norm_eps)
         self.encoder_blocks = nn.ModuleList([Block(enc, c.encoder_heads, c) for _ in range(c.encoder_depth)])
@@ -331,14 +335,32 @@ class MaskedTokenModel(ClassConditional, GFTPreTrainedModel):
         self.decoder_pos_embed = PositionEmbedding(c.buffer_size, c.grid_size, dec, std, c.pos_init)
         self.decoder_blocks = nn.ModuleList([Block(dec, c.decoder_heads, c) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dec, eps=c.norm_eps)
-        self.output = OutputHead(dec, c.vocab_size, zero_init=True)
+        self.build_output(c)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def build_token_input(self, config: MaskedConfig) -> None:
+        """Set the module that maps tokens to (B, N, encoder_dim) embeddings."""
+        raise NotImplementedError
+
+    def build_output(self, config: MaskedConfig) -> None:
+        """Set the modules that read the decoder states (B, N, decoder_dim)."""
+        raise NotImplementedError
 
     # -- conditioning ----------------------------------------------------------------------------------------------
     def condition(self, labels: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
         """Class embedding (+ β embedding): (B, encoder_dim)."""
         return embed_condition(self.class_emb, self.num_classes, self.beta_embedder, labels, beta)
+
+
+class MaskedTokenModel(MaskedTransformer):
+    config_class = MaskedConfig
+
+    def build_token_input(self, config: MaskedConfig) -> None:
+        self.tok_embeddings = Embedding(config.vocab_size, config.encoder_dim, std=config.initializer_range)
+
+    def build_output(self, config: MaskedConfig) -> None:
+        self.output = OutputHead(config.decoder_dim, config.vocab_size, zero_init=True)
 
     # -- backbone --------------------------------------------------------------------------------------------------
     def hidden_states(self, codes: torch.Tensor, cond: torch.Tensor, beta: torch.Tensor | None,

@@ -45,6 +45,28 @@ def masked_after_step(step: int, steps: int, seq_len: int, remaining: int) -> in
     return max(1, min(remaining - 1, n))
 
 
+def decoding_steps(steps: int, seq_len: int, progress: bool = False, callback: Callable | None = None,
+                   state: tuple[torch.Tensor, ...] = ()):
+    """The schedule of a decoding loop: ``(step, masked before, masked after)`` for each of ``steps`` steps (a
+    tqdm bar with ``progress``); a step with nothing to fix has before == after. After the loop's body of each
+    step, ``callback(step, *copies of state)`` (the tokens and the mask the body updates in place)."""
+    remaining = seq_len
+    for step in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+        after = min(remaining, masked_after_step(step, steps, seq_len, remaining))
+        yield step, remaining, after
+        remaining = after
+        if callback is not None:
+            callback(step, *(t.clone() for t in state))
+
+
+def check_steps(steps, seq_len: int) -> None:
+    """Decoding steps: a positive integer, at most one step per token."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise GFTError(f"steps must be a positive integer, got {steps!r}")
+    if steps > seq_len:
+        raise GFTError(f"steps must be at most the number of tokens ({seq_len}: one token per step), got {steps}")
+
+
 def guidance_scale(cfg_scale: float, schedule: str, seq_len: int, masked_after: int) -> float:
     """CFG scale of a step: constant, or MAR's linear ramp (following Muse) ``1 + (w − 1)·(N − masked after)/N``."""
     if schedule == "constant":
@@ -53,10 +75,7 @@ def guidance_scale(cfg_scale: float, schedule: str, seq_len: int, masked_after: 
 
 
 def check_masked_sampling_args(steps, order: str, cfg_schedule: str, choice_temperature: float, seq_len: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise GFTError(f"steps must be a positive integer, got {steps!r}")
-    if steps > seq_len:
-        raise GFTError(f"steps must be at most the number of tokens ({seq_len}: one token per step), got {steps}")
+    check_steps(steps, seq_len)
     if order not in ORDERS:
         raise GFTError(f"order must be one of {list(ORDERS)}, got {order!r}")
     if cfg_schedule not in CFG_SCHEDULES:
@@ -156,9 +175,7 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
             gen_order = torch.rand(bsz, n, generator=generator, device=device).argsort(dim=1)
         rows = (lambda t: torch.cat([t, t])) if cfg else (lambda t: t)
 
-        remaining = n
-        for step in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-            after = masked_after_step(step, steps, n, remaining)
+        for step, remaining, after in decoding_steps(steps, n, progress, callback, (codes, mask)):
             if after < remaining:
                 if order == "random":
                     positions = gen_order[:, after:remaining]
@@ -180,9 +197,6 @@ def sample(model, labels, *, beta=None, cfg_scale: float | None = None, cfg_sche
                     positions, tokens = positions.gather(1, chosen), tokens.gather(1, chosen)
                 codes.scatter_(1, positions, tokens)
                 mask.scatter_(1, positions, False)
-                remaining = after
-            if callback is not None:
-                callback(step, codes.clone(), mask.clone())
         if stats is not None:
             stats.images += bsz
         return codes

@@ -36,7 +36,7 @@ import torch
 from ...errors import GFTError
 from ...importing import Converted, Importer
 from ..llamagen.importer import (GPT_IGNORED, _need, sized_config, _tokenizer_record, check_shapes,
-                                 fitting_presets, recorded_args, with_beta_embedder)
+                                 fields_from_args, fitting_presets, recorded_args, with_beta_embedder)
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
 WHAT = "LlamaGen t2i GPT"
@@ -72,20 +72,6 @@ def _describe(dims: dict) -> str:
             f"captions {dims['caption_len']} x {dims['caption_dim']}")
 
 
-def _from_args(recorded: dict | None) -> dict:
-    """What LlamaGen's train_t2i.py args say about the model (only the fields present)."""
-    if not recorded:
-        return {}
-    out = {}
-    if isinstance(recorded.get("image_size"), int) and isinstance(recorded.get("downsample_size"), int):
-        out["grid_size"] = recorded["image_size"] // recorded["downsample_size"]
-    if isinstance(recorded.get("cls_token_num"), int):
-        out["cls_token_num"] = recorded["cls_token_num"]
-    if isinstance(recorded.get("gpt_model"), str):
-        out["preset"] = recorded["gpt_model"]
-    return out
-
-
 def _text_encoder_record(path: str | None, caption_dim: int, caption_len: int) -> dict | None:
     if path is None:
         return None
@@ -107,7 +93,7 @@ def convert_llamagen_t2i(state: dict[str, torch.Tensor], grid_size: int | None =
     from .model import T2IConfig, T2ILlamaGen
 
     notes = []
-    found = _from_args(recorded)
+    found = fields_from_args(recorded)  # what LlamaGen's train_t2i.py args say: grid, cls_token_num, preset
     for key, value in {"grid_size": grid_size, "preset": preset}.items():
         if value is not None and key in found and found[key] != value:
             raise GFTError(f"--{key.replace('_', '-')} {value} contradicts the checkpoint's training args "

@@ -28,7 +28,7 @@ import re
 import torch
 
 from ...errors import GFTError
-from ...importing import Converted, Importer
+from ...importing import Converted, Importer, add_fresh_beta_embedder
 
 PATCH_NUMS = {
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
@@ -223,7 +223,6 @@ def _vqvae_state(vqvae) -> dict[str, torch.Tensor]:
 def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = True,
                 tokenizer: str | None = None) -> Converted:
     """Official VAR-dN (+ its VQVAE's quantizer) → :class:`gft_tokens.families.var.model.VAR` with VAR's names."""
-    from ...conditioning import BetaEmbedder
     from .model import VAR, VARConfig
 
     info = inspect_var(state)
@@ -267,12 +266,7 @@ def convert_var(state: dict[str, torch.Tensor], vqvae=None, beta_embed: bool = T
     notes.append(f"inputs through the VQVAE's codebook {tuple(out['quantizer.embedding'].shape)} and {n_phi} φ convs "
                  f"(frozen quantizer.* buffers)")
     if beta_embed:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            emb = BetaEmbedder(config.embed_dim, config.beta_freq_dim, std=config.std)
-        out.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
-        notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at "
-                     "every β)")
+        add_fresh_beta_embedder(out, notes, config.embed_dim, config.beta_freq_dim, config.std)
     return Converted(VAR, config, out, notes)
 
 
