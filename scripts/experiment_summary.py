@@ -195,7 +195,8 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", default="docs/gft_vs_cfg", help="the experiment's docs folder (default: docs/gft_vs_cfg)")
     p.add_argument("--runs", default="runs/gft_vs_cfg", help="the experiment's runs folder (default: runs/gft_vs_cfg)")
-    p.add_argument("--families", nargs="+", default=["llamagen", "var", "masked", "mar"])
+    p.add_argument("--families", nargs="+", default=["llamagen", "var", "masked", "mar", "t2i"],
+                   help="families to summarise (those without results are left out; default: the four and t2i)")
     args = p.parse_args(argv)
     docs, runs = Path(args.docs), Path(args.runs)
     summaries = [s for s in (family_summary(docs, runs, f) for f in args.families) if s is not None]
