@@ -51,20 +51,6 @@ class Importer:
     recorded: Callable[[object], dict | None] | None = None
 
 
-def add_fresh_beta_embedder(state: dict[str, torch.Tensor], notes: list[str], dim: int, freq_dim: int,
-                            std: float) -> None:
-    """Add a new β embedder (``beta_embedder.*``, width ``dim``) to a converted ``state``, built from seed 0 without
-    touching the global RNG, and say so in ``notes``: its output layer is zero-initialised, so the imported model
-    equals the checkpoint at every β."""
-    from .conditioning import BetaEmbedder
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        emb = BetaEmbedder(dim, freq_dim, std=std)
-    state.update({"beta_embedder." + k: v for k, v in emb.state_dict().items()})
-    notes.append("β embedder added with a zero-initialised output layer (the model equals the checkpoint at every β)")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Reading files safely
 # ---------------------------------------------------------------------------------------------------------------

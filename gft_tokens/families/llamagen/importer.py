@@ -34,8 +34,9 @@ import re
 
 import torch
 
+from ...conditioning import add_fresh_beta_embedder
 from ...errors import GFTError
-from ...importing import Converted, Importer, add_fresh_beta_embedder
+from ...importing import Converted, Importer
 
 GPT_IGNORED = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
 _LAYER = re.compile(r"^layers\.(\d+)\.")

@@ -33,8 +33,9 @@ import re
 
 import torch
 
+from ...conditioning import add_fresh_beta_embedder
 from ...errors import GFTError
-from ...importing import Converted, Importer, add_fresh_beta_embedder
+from ...importing import Converted, Importer
 
 _SIZES = ("MAR-B", "MAR-L", "MAR-H")
 _ARG_MODELS = {"mar_base": "MAR-B", "mar_large": "MAR-L", "mar_huge": "MAR-H"}

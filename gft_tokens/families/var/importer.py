@@ -27,8 +27,9 @@ import re
 
 import torch
 
+from ...conditioning import add_fresh_beta_embedder
 from ...errors import GFTError
-from ...importing import Converted, Importer, add_fresh_beta_embedder
+from ...importing import Converted, Importer
 
 PATCH_NUMS = {
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
