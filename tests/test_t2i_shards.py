@@ -267,3 +267,19 @@ def test_resume_accepts_the_same_text_encoder_moved_and_refuses_another(encoder)
         adapter.check_resume({"conditions": mine}, other, options, "ckpt")
     with pytest.raises(GFTError, match="trained with --text-encoder a, this run has --text-encoder /elsewhere"):
         adapter.check_resume({"options": {"text_encoder": "a"}}, moved, options, "ckpt")
+
+
+def test_a_fine_tune_records_the_text_encoder_it_was_trained_with(tmp_path, encoder):
+    """--init-from with another encoder of the same shape: the exported model names the fine-tune's encoder (the
+    one generate.py must encode prompts with), not the source model's."""
+    from gft_tokens.families import load_model
+    from gft_tokens.text_encoder import describe_text_encoder
+
+    main = script_main("train_t2i.py")
+    main([*BASE, "--train-images", "8", "--objective", "cfg", "--out", str(tmp_path / "cfg")])
+    other = build_shapes_t5(tmp_path / "other-t5", seed=1)
+    main([*BASE, "--train-images", "8", "--init-from", str(tmp_path / "cfg" / "model"), "--text-encoder", str(other),
+          "--out", str(tmp_path / "ft")])
+    was, now = (load_model(tmp_path / r / "model").config.text_encoder for r in ("cfg", "ft"))
+    assert was["fingerprint"] == encoder.describe()["fingerprint"]
+    assert now["fingerprint"] == describe_text_encoder(other, fingerprint=True)["fingerprint"] != was["fingerprint"]

@@ -152,6 +152,9 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
     if o.init_from:
         src = cls.from_pretrained(o.init_from)
         changes = {**overrides, "tokenizer": {**tokenizer.describe(), "path": o.tokenizer}, "dataset": dataset}
+        # the condition's source this run trained on (t2i: the text encoder, which sampling must use again);
+        # the condition's shape stays the source model's and is checked against the data
+        changes.update({k: v for k, v in family.adapter.data_config(data).items() if k == "text_encoder"})
         if o.objective == "gft":
             changes["beta_embed"] = True
         config = config_replace(src.config, **changes)
