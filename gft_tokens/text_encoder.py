@@ -216,3 +216,9 @@ class TextEncoder:
         out = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask.long().to(device))
         feats = out.last_hidden_state.float() * mask[..., None].to(device)
         return feats, mask.to(device)
+
+    def encode_batched(self, prompts, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` of many prompts, ``batch_size`` at a time (a dataset's captions), concatenated."""
+        prompts = list(prompts)
+        parts = [self.encode(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        return torch.cat([f for f, _ in parts]), torch.cat([m for _, m in parts])

@@ -507,12 +507,7 @@ class ShardCaptions:
 
         if mode == "features":
             return Caption(torch.stack([f for f, _ in captions]), torch.stack([m for _, m in captions]))
-        feats, masks = [], []
-        for i in range(0, len(captions), batch_size):
-            f, m = self.encoder().encode(list(captions[i:i + batch_size]), max_length=self.shape[0])
-            feats.append(f)
-            masks.append(m)
-        return Caption(torch.cat(feats), torch.cat(masks))
+        return Caption(*self.encoder().encode_batched(captions, batch_size))  # at the record's caption length
 
     def describe(self, mode: str) -> str:
         if mode == "features":

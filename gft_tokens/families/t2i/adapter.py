@@ -47,15 +47,6 @@ class CaptionedCodes(CodeDataset):
                        captions=self.captions[rows])
 
 
-def encode_captions(encoder: TextEncoder, texts: list[str], batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, masks = [], []
-    for i in range(0, len(texts), batch_size):
-        f, m = encoder.encode(texts[i:i + batch_size])
-        feats.append(f.cpu())
-        masks.append(m.cpu())
-    return torch.cat(feats), torch.cat(masks)
-
-
 def text_encoder_path(options) -> str:
     """The run's ``--text-encoder`` (the default resolves in this repository)."""
     return shipped(getattr(options, "text_encoder", None) or DEFAULT_TEXT_ENCODER)
@@ -77,7 +68,7 @@ class T2IAdapter(LlamaGenAdapter):
         codes = super().shapes_data(tokenizer, options, flip=False)  # a mirror would contradict "left"/"right"
         encoder = TextEncoder.from_pretrained(text_encoder_path(options))
         texts = [caption(options.seed, i) for i in range(len(codes))]
-        feats, mask = encode_captions(encoder, texts)
+        feats, mask = encoder.encode_batched(texts, 500)  # a fresh encoder: on the CPU, beside the codes
         return CaptionedCodes(codes.codes, codes.labels, 0, feats, mask, texts, encoder.describe())
 
     def stream_options(self, options):
@@ -86,6 +77,9 @@ class T2IAdapter(LlamaGenAdapter):
     def data_config(self, data):
         length, width = _caption_shape(data)
         return {"caption_dim": width, "caption_len": length, "text_encoder": data.text_encoder}
+
+    def fine_tune_config(self, data):
+        return {"text_encoder": data.text_encoder}  # the encoder prompts must be encoded with
 
     def check_data(self, data, config):
         super().check_data(data, config)
