@@ -145,6 +145,12 @@ class Adapter:
         """Refuse extracted training data that does not fit the model."""
         check_codes_match(data, config.vocab_size, self.token_shape(config))
 
+    def fine_tune_config(self, data) -> dict:
+        """Config fields a fine-tune (``--init-from``) takes from its own data rather than from the source model:
+        what sampling must reproduce (none by default; t2i: the text encoder). The condition's shape stays the
+        source model's and is checked against the data."""
+        return {}
+
     def stream_options(self, options) -> dict:
         """Keyword arguments the family adds to its shard streams (:class:`~gft_tokens.data.shards.ShardStream`,
         and ``validation_codes`` for ``captions``); none by default (t2i: the captions and no flips)."""

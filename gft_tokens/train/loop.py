@@ -152,9 +152,7 @@ def _build_model(family: Family, o: TrainOptions, tokenizer, num_classes: int, d
     if o.init_from:
         src = cls.from_pretrained(o.init_from)
         changes = {**overrides, "tokenizer": {**tokenizer.describe(), "path": o.tokenizer}, "dataset": dataset}
-        # the condition's source this run trained on (t2i: the text encoder, which sampling must use again);
-        # the condition's shape stays the source model's and is checked against the data
-        changes.update({k: v for k, v in family.adapter.data_config(data).items() if k == "text_encoder"})
+        changes.update(family.adapter.fine_tune_config(data))
         if o.objective == "gft":
             changes["beta_embed"] = True
         config = config_replace(src.config, **changes)
@@ -370,8 +368,8 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
     else:
         dataset = dataset_record(stream.meta, o.data, num_classes)
 
-    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset,
-                         data if stream is None else stream)
+    source = data if stream is None else stream  # what the adapter's condition hooks read
+    model = _build_model(family, o, tokenizer, num_classes, ds_cfg, rank, dataset, source)
     if num_classes > model.config.num_classes:
         raise GFTError(f"the data has {num_classes} classes, the model only {model.config.num_classes}")
     if stream is None:
@@ -404,7 +402,7 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         tokenizer.to(engine.device)  # images are encoded on the fly, on the training device
     if stream is not None and stream.captions is not None:
         stream.captions.to(engine.device)  # and caption text (when the shards store no features)
-    conditions = adapter.condition_record(data if stream is None else stream)  # kept in every checkpoint
+    conditions = adapter.condition_record(source)  # kept in every checkpoint
     ema = E.EMA(module, o.ema_decay, stage) if o.ema else None
     gen = torch.Generator().manual_seed(o.seed * 1000 + rank)
     objective = family.objective(o.objective)
@@ -415,7 +413,7 @@ def _train(family_name: str, o: TrainOptions, stack) -> dict:
         if tag is None:
             log(f"--resume: no checkpoint in {ckpt_root}; starting from scratch")
         else:
-            _check_resume_pairing(ckpt_root / tag, tokenizer, o, adapter, data if stream is None else stream)
+            _check_resume_pairing(ckpt_root / tag, tokenizer, o, adapter, source)
             client = E.load_checkpoint(engine, ckpt_root, tag, to_dict(o), RESUME_KEYS, world)
             start_step, skipped = int(client["step"]), int(client.get("skipped", 0))
             rs = E.load_rank_state(ckpt_root, tag, rank)
