@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gft_tokens.data.shards import encode_codes, image_views, labelled_images, write_shards
+from gft_tokens.data.shards import (CAPTION_KEY, CODES_KEY, FEATURES_KEY, MASK_KEY, encode_codes, image_views,
+                                    labelled_images, shard_dir_owned, write_shards)
 from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.fs import check_replaceable
-from gft_tokens.data.shards import shard_dir_owned
 from gft_tokens.errors import GFTError, cli_main
 from gft_tokens.tokenizers import load_tokenizer
 
@@ -101,10 +101,10 @@ def main(argv=None):
             feats, masks = text_encoder.encode([text for _, _, _, text in batch])
             feats, masks = feats.cpu().numpy().astype(np.float32), masks.cpu().numpy().astype(bool)
         for i, ((key, label, _, text), c) in enumerate(zip(batch, codes)):
-            sample = {"__key__": key, "codes.npy": npy_bytes(c), "cls": str(label).encode()}
+            sample = {"__key__": key, CODES_KEY: npy_bytes(c), "cls": str(label).encode()}
             if text_encoder is not None:
-                sample.update({"txt": text.encode("utf-8"), "capfeat.npy": npy_bytes(feats[i]),
-                               "capmask.npy": npy_bytes(masks[i])})
+                sample.update({CAPTION_KEY: text.encode("utf-8"), FEATURES_KEY: npy_bytes(feats[i]),
+                               MASK_KEY: npy_bytes(masks[i])})
             yield sample
 
     def samples():

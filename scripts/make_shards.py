@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from gft_tokens.data.shapes import ShapesDataset
 from gft_tokens.data.shards import (
+    CAPTION_KEY,
+    IMAGE_KEYS,
     center_crop,
     decode_image,
     encode_jpg,
@@ -38,11 +40,11 @@ from gft_tokens.data.shards import (
     image_folder_items,
     labelled_images,
     read_caption,
+    shard_dir_owned,
     write_shards,
 )
 from gft_tokens.validate import ArgumentParser, bounded, nonnegative, positive
 from gft_tokens.fs import check_replaceable
-from gft_tokens.data.shards import shard_dir_owned
 from gft_tokens.errors import GFTError, cli_main
 
 
@@ -82,7 +84,7 @@ def main(argv=None):
                     image = center_crop(image, args.image_size)
                 sample = {"__key__": key, args.format: encode(image), "cls": str(label).encode()}
                 if text is not None:
-                    sample["txt"] = text.encode("utf-8")
+                    sample[CAPTION_KEY] = text.encode("utf-8")
                 if shapes is not None:
                     sample["json"] = json.dumps(shapes.metadata(int(key)), sort_keys=True).encode()
                 yield sample
@@ -100,12 +102,12 @@ def main(argv=None):
                     skipped[0] += 1
                     continue
                 ext = path.suffix.lower().lstrip(".")
-                if ext not in ("png", "jpg", "jpeg", "webp"):
+                if ext not in IMAGE_KEYS:
                     ext, data = args.format, encode(decode_image(data))
                 sample = {"__key__": f"{i:08d}", ext: data, "cls": str(label).encode()}
                 text = read_caption(path)
                 if text is not None:
-                    sample["txt"] = text.encode("utf-8")
+                    sample[CAPTION_KEY] = text.encode("utf-8")
                 yield sample
 
     name = "shapes" if args.source == "shapes" else Path(args.source.rstrip("/")).name
