@@ -49,3 +49,15 @@ def script_main(name: str):
     sys.modules[spec.name] = module  # a script's dataclasses (train_t2i.py's options) look their module up
     spec.loader.exec_module(module)
     return module.main
+
+
+def solid_image_folder(root: Path, per_class: int, size: tuple[int, int]) -> Path:
+    """An image folder of two classes, ``cat`` (red) and ``dog`` (blue), ``per_class`` one-colour PNGs
+    ``<class>/<i>.png`` each of ``size`` (width, height)."""
+    from PIL import Image
+
+    for c, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", size, colour).save(root / c / f"{i}.png")
+    return root

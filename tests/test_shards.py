@@ -7,9 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import SHIPPED_VQ, script_main
+from conftest import SHIPPED_VQ, script_main, solid_image_folder
 from gft_tokens import GFTError
 from gft_tokens.data.shards import ShardStream, decode_image, expand_shards, image_views, to_tensor, write_shards
 from gft_tokens.train.loop import TrainOptions, train
@@ -49,11 +48,7 @@ def test_make_shards_from_the_embedded_data(shapes_shards):
 
 
 def test_make_shards_from_an_image_folder_keeps_files_and_skips_unreadable(tmp_path, capsys):
-    root = tmp_path / "folder"
-    for c, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
-        (root / c).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (40, 30), colour).save(root / c / f"{i}.png")
+    root = solid_image_folder(tmp_path / "folder", per_class=3, size=(40, 30))
     (root / "dog" / "broken.png").write_bytes(b"not an image")
     script_main("make_shards.py")(["--source", str(root), "--out", str(tmp_path / "out"), "--shard-size", "4"])
     printed = capsys.readouterr().out

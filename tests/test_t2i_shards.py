@@ -10,9 +10,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import ROOT, SHIPPED_VQ, script_main
+from conftest import ROOT, SHIPPED_VQ, script_main, solid_image_folder
 from gft_tokens.conditioning import Caption
 from gft_tokens.data.captions import caption
 from gft_tokens.data.shards import ShardStream, write_shards
@@ -223,11 +222,7 @@ def test_a_class_conditional_run_reads_caption_shards_as_any_codes(shards, tmp_p
 
 
 def test_image_folder_caption_files_are_sharded_and_uncaptioned_images_refused_for_features(tmp_path, capsys):
-    root = tmp_path / "folder"
-    for c, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
-        (root / c).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (32, 32), colour).save(root / c / f"{i}.png")
+    root = solid_image_folder(tmp_path / "folder", per_class=2, size=(32, 32))
     (root / "cat" / "0.txt").write_text("a red square\n")
     (root / "dog" / "1.txt").write_text("  \n")  # an empty caption file counts as none
     make = script_main("make_shards.py")
