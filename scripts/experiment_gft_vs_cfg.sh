@@ -16,8 +16,10 @@
 # [llamagen var masked mar], OUT [runs/gft_vs_cfg], DOCS [docs/gft_vs_cfg], PRESET, STEPS, LR, BATCH [64],
 # FT_STEPS [STEPS/20], FT_LR, CURVE [STEPS/4 STEPS/2: multiples of STEPS/4], TRAIN_IMAGES [10000], N_PER_CLASS
 # [100; t2i: 5 per prompt], SEED [0], THREADS [0: torch's default], GFT_FLAGS [none: extra flags for the GFT runs, e.g.
-# "--beta-embed-lr 1" for the paper's single learning rate], PAPER [1: also train "gft-paper", GFT from scratch
-# with --beta-embed-lr 1, and sweep it beside the others; 0: skip it].
+# "--beta-embed-lr 1" for the paper's single learning rate], SWEEP_FLAGS [per family: MAR "--steps 8", its
+# diffusion head makes every sampled setting slow on a CPU; none otherwise], PAPER [1: also train "gft-paper", GFT
+# from scratch with --beta-embed-lr 1, and sweep it beside the others; 0: skip it]. MAR's learning curve defaults to
+# the one snapshot at STEPS/2 for the same reason.
 # A finished phase leaves <run>/DONE and is skipped when the script runs again; sweeps resume too.
 set -euo pipefail
 
@@ -42,6 +44,13 @@ defaults() {  # per family: preset, steps, lr, fine-tune lr (each ≤ ~20 min of
         mar)      echo "MAR-tiny 500 1e-3 5e-4" ;;
         t2i)      echo "GPT-tiny 1000 2e-3 1e-3" ;;   # text-to-image LlamaGen on the embedded captions
         *)        echo "unknown family $1" >&2; exit 2 ;;
+    esac
+}
+
+sweep_defaults() {  # per family: extra sampling flags for every sweep of it
+    case "$1" in
+        mar) echo "--steps 8" ;;
+        *)   echo "" ;;
     esac
 }
 
@@ -71,7 +80,10 @@ for FAMILY in $FAMILIES; do
     # samples per class; t2i: per prompt, over the first 200 held-out captions (5 x 200 = 1000 per setting)
     N_PER_CLASS_F=${N_PER_CLASS:-$([[ "$FAMILY" == t2i ]] && echo 5 || echo 100)}
     FT_STEPS_F=${FT_STEPS:-$(( STEPS_F / 20 > 0 ? STEPS_F / 20 : 1 ))}
-    CURVE_F=${CURVE:-"$((STEPS_F / 4)) $((STEPS_F / 2))"}
+    if [[ "$FAMILY" == mar ]]; then D_CURVE="$((STEPS_F / 2))"; else D_CURVE="$((STEPS_F / 4)) $((STEPS_F / 2))"; fi
+    CURVE_F=${CURVE:-$D_CURVE}
+    # shellcheck disable=SC2206
+    SWEEP_EXTRA=(${SWEEP_FLAGS:-$(sweep_defaults "$FAMILY")})
     OUT="$OUT_ROOT/$FAMILY"
     DOCS="$DOCS_ROOT/$FAMILY"
     mkdir -p "$OUT" "$DOCS"
@@ -81,7 +93,7 @@ for FAMILY in $FAMILIES; do
             --save-every 0 --keep-last 1 --threads "$THREADS" --val-fraction 0.05 --val-samples 500
             --val-every $(( STEPS_F / 10 > 0 ? STEPS_F / 10 : 1 )) --export-every "$QUARTER")
     SWEEP=(--model "$FAMILY" --betas $BETAS --cfg-scales $SCALES --n-per-class "$N_PER_CLASS_F" --seed "$SEED"
-           --resume --threads "$THREADS")
+           --resume --threads "$THREADS" "${SWEEP_EXTRA[@]}")
     # shellcheck disable=SC2206
     GFT_EXTRA=($GFT_FLAGS)
 
